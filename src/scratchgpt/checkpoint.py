@@ -1,0 +1,197 @@
+"""The run directory: the contract between training, sampling, serving and export.
+
+Owns the on-disk format (below), atomic writes of every file, and loading with validation. A file that is
+missing, truncated, corrupt, not a safetensors file (a pickle, say) or of the wrong shape is a
+`CheckpointError`; nothing here unpickles anything. Does not decide when to save (`train.py` does).
+
+    runs/<name>/
+      config.json                 resolved config, format version, package version, parameter count
+      tokenizer.json              the tokenizer's to_json()
+      model.safetensors           last weights          model-best.safetensors   best by val loss
+      trainer_state.safetensors   everything to resume exactly, in one file: weights, optimizer tensors,
+                                  RNG states; its metadata holds the step, best val loss and param groups
+      trainer_state.json          a readable copy of that metadata (written after the .safetensors)
+      metrics.jsonl, loss.png     written by training
+
+Resume reads `trainer_state.safetensors` alone, so a crash between two files never pairs weights of one
+step with optimizer state of another.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import Config, ConfigError, apply_overrides, from_dict, to_dict
+from .errors import CheckpointError
+from .fileio import atomic_path, atomic_write_json
+from .models import build_model
+from .tokenizers import Tokenizer, tokenizer_from_json
+
+FORMAT_VERSION = 1
+CONFIG, TOKENIZER = "config.json", "tokenizer.json"
+MODEL, MODEL_BEST = "model.safetensors", "model-best.safetensors"
+STATE, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
+
+
+def _unique_state(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """state_dict without tied duplicates (safetensors refuses shared storage), contiguous, on CPU."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.shape)
+        if t.numel() and hash(key) in seen:
+            continue
+        seen.add(hash(key))
+        out[prefix + name] = t.detach().to("cpu").contiguous()
+    return out
+
+
+def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file and its metadata, mapping every failure to one clear CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file '{path}' is missing")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"'{path}' is not a valid safetensors checkpoint (corrupt or truncated?): {e}") from None
+
+
+def save_weights(path: str | Path, model: nn.Module, step: int) -> None:
+    with atomic_path(path) as tmp:
+        save_file(_unique_state(model), str(tmp), metadata={"format": str(FORMAT_VERSION), "step": str(step)})
+
+
+def load_weights(path: str | Path, model: nn.Module) -> int:
+    """Load weights into model (shapes checked); return the step they were saved at."""
+    tensors, meta = _safe_load(Path(path))
+    _assign(model, tensors, Path(path))
+    return int(meta.get("step", 0))
+
+
+def _assign(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict()
+    for name, t in tensors.items():
+        if name not in own:
+            raise CheckpointError(f"'{path}' holds '{name}', which this model does not have: the model shape does not match")
+        if own[name].shape != t.shape:
+            raise CheckpointError(
+                f"'{path}' does not match the model: '{name}' is {tuple(t.shape)} in the checkpoint but "
+                f"{tuple(own[name].shape)} in the config"
+            )
+    missing = [n for n in _unique_state(model) if n not in tensors]
+    if missing:
+        raise CheckpointError(f"'{path}' lacks '{missing[0]}': the model shape does not match")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            own[name].copy_(t)
+
+
+def write_run_header(run_dir: str | Path, cfg: Config, tokenizer: Tokenizer, n_params: int) -> None:
+    """config.json and tokenizer.json: what sampling needs besides weights."""
+    run = Path(run_dir)
+    atomic_write_json(run / TOKENIZER, tokenizer.to_json())
+    atomic_write_json(run / CONFIG, {
+        "format_version": FORMAT_VERSION, "package_version": __version__, "n_params": n_params, "config": to_dict(cfg),
+    })
+
+
+def read_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    run = Path(run_dir)
+    if not run.is_dir() or not (run / CONFIG).is_file():
+        raise CheckpointError(f"'{run}' is not a run directory (no {CONFIG}); pass a directory `scratchgpt train` wrote")
+    try:
+        raw = json.loads((run / CONFIG).read_text(encoding="utf-8"))
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"'{run / CONFIG}' has format {raw.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+        return from_dict(apply_overrides(raw["config"], overrides or []))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"'{run / CONFIG}' is damaged") from None
+    except ConfigError as e:
+        if overrides:
+            raise
+        raise CheckpointError(f"'{run / CONFIG}' is damaged: {e}") from None
+
+
+def read_tokenizer(run_dir: str | Path) -> Tokenizer:
+    path = Path(run_dir) / TOKENIZER
+    try:
+        return tokenizer_from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise CheckpointError(f"'{run_dir}' has no {TOKENIZER}") from None
+    except ValueError:
+        raise CheckpointError(f"'{path}' is damaged") from None
+
+
+def load_model(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, Config]:
+    """Model (eval mode), tokenizer and config of a run; `which` is best (falls back to last) or last."""
+    run = Path(run_dir)
+    cfg = read_config(run)
+    tok = read_tokenizer(run)
+    model = build_model(cfg.model)
+    path = run / MODEL_BEST if which == "best" and (run / MODEL_BEST).is_file() else run / MODEL
+    load_weights(path, model)
+    return model.to(device).eval(), tok, cfg
+
+
+# ---- trainer state ----------------------------------------------------------------------------------
+
+def save_trainer_state(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """One file with everything to resume: weights, optimizer tensors, RNG tensors; JSON info in metadata."""
+    run = Path(run_dir)
+    sd = optimizer.state_dict()
+    out = _unique_state(model, prefix="model.")
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            out[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
+    for key, value in tensors.items():
+        out[f"extra.{key}"] = value.detach().to("cpu").contiguous()
+    info = {**info, "format": FORMAT_VERSION, "param_groups": sd["param_groups"]}
+    with atomic_path(run / STATE) as tmp:
+        save_file(out, str(tmp), metadata={"info": json.dumps(info)})
+    atomic_write_json(run / STATE_JSON, {k: v for k, v in info.items() if k != "param_groups"})
+
+
+def load_trainer_state(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore model and optimizer in place; return the extra tensors (RNG states) and the info dict."""
+    path = Path(run_dir) / STATE
+    tensors, meta = _safe_load(path)
+    try:
+        info = json.loads(meta["info"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"'{path}' has no trainer metadata; it is not a scratchgpt trainer state") from None
+    _assign(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"'{path}' does not match this model's optimizer: {e}") from None
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return extra, info
+
+
+def resolved_model_config(cfg: Config, vocab_size: int) -> Config:
+    """Fill model.vocab_size from the data (or check a recipe's explicit value covers it)."""
+    m = cfg.model
+    if m.vocab_size == 0:
+        return replace(cfg, model=replace(m, vocab_size=vocab_size))
+    if m.vocab_size < vocab_size:
+        raise ConfigError(f"'model.vocab_size' is {m.vocab_size} but the data has {vocab_size} tokens")
+    return cfg

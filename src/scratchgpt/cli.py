@@ -1,0 +1,143 @@
+"""The `scratchgpt` command: argparse subcommands that call library functions.
+
+Owns argument parsing, turning `UserError` into one `error: ...` line and a non-zero exit, and writing
+generated text to stdout. Contains no logic of its own beyond wiring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import prepare_shakespeare_char, prepare_text
+
+    if args.dataset == "shakespeare_char":
+        meta = prepare_shakespeare_char(args.input, args.out or "data/shakespeare_char")
+        out = args.out or "data/shakespeare_char"
+    else:
+        if not args.input:
+            raise UserError("`prepare text` needs --input FILE")
+        out = args.out or f"data/{Path(args.input).stem}"
+        meta = prepare_text(args.input, out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+                            block_size=args.block_size)
+    print(f"wrote {out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train and "
+          f"{meta['val_tokens']:,} val tokens ({meta['dtype']})", file=sys.stderr)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, overrides: list[str], launch: float) -> int:
+    from .checkpoint import read_config
+    from .config import load_recipe
+    from .train import train
+
+    if args.config:
+        cfg = load_recipe(args.config, overrides)
+    elif args.resume:
+        cfg = read_config(args.resume, overrides)
+    else:
+        raise UserError("`train` needs a recipe (e.g. configs/shakespeare_char_cpu.toml) or --resume RUN_DIR")
+    result = train(cfg, out_dir=args.out, resume=args.resume, launch_time=launch, progress=not args.quiet)
+    print(f"done: step {result.step}, best val loss {result.best_val:.4f}, {result.elapsed:.1f} s; "
+          f"run directory {result.run_dir}", file=sys.stderr)
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .generate import check_sampling_args, prompt_ids, stream
+    from .train import resolve_device
+
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UserError("give --prompt or --prompt-file, not both")
+    prompt = args.prompt or ""
+    if args.prompt_file:
+        from .data import read_utf8
+
+        prompt = read_utf8(args.prompt_file)
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok, _ = load_model(args.run_dir, which=args.which, device=resolve_device(args.device))
+    prompt_ids(tok, prompt)  # an unknown character fails here, before anything is printed
+    seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
+    out = sys.stdout
+    for i in range(args.num_samples):
+        if i:
+            out.write("\n---------------\n")
+        out.write(prompt)
+        for piece in stream(model, tok, prompt, args.max_new_tokens, args.temperature, args.top_k, seed + i):
+            out.write(piece)
+            out.flush()
+    out.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scratchgpt", description="GPT from scratch: prepare, train, sample.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pp = sub.add_parser("prepare", help="tokenize a corpus into data/<name>/ (train.bin, val.bin, meta.json)")
+    pp.add_argument("dataset", choices=["shakespeare_char", "text"])
+    pp.add_argument("--input", help="input text file (shakespeare_char: else $SCRATCHGPT_TINYSHAKESPEARE, else download)")
+    pp.add_argument("--out", help="output directory (default data/<name>)")
+    pp.add_argument("--tokenizer", default="char", help="tokenizer (char)")
+    pp.add_argument("--val-fraction", type=float, default=0.1, help="share of the text kept for validation (end)")
+    pp.add_argument("--block-size", type=int, default=8, help="refuse text whose splits are shorter than one block")
+
+    pt = sub.add_parser("train", help="train a model from a TOML recipe; --section.key=value overrides any key")
+    pt.add_argument("config", nargs="?", help="recipe, e.g. configs/shakespeare_char_cpu.toml")
+    pt.add_argument("--resume", metavar="RUN_DIR", help="continue exactly from a run directory")
+    pt.add_argument("--out", help="run directory (default runs/<recipe name>)")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ps = sub.add_parser("sample", help="stream text from a trained run")
+    ps.add_argument("run_dir")
+    ps.add_argument("--prompt", help="text to continue (default: a newline)")
+    ps.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
+    ps.add_argument("--max-new-tokens", type=int, default=500)
+    ps.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    ps.add_argument("--top-k", type=int, default=None)
+    ps.add_argument("--num-samples", type=int, default=1)
+    ps.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    ps.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
+    ps.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
+    ps.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    launch = time.time()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if args.command == "train":
+            bad = [a for a in rest if not (a.startswith("--") and "." in a.split("=", 1)[0])]
+            if bad:
+                parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --train.max_iters=2000)")
+            return _cmd_train(args, rest, launch)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "prepare":
+            return _cmd_prepare(args)
+        return _cmd_sample(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `scratchgpt sample ... | head` closed our stdout: not an error
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Typed configuration: recipes in TOML, dotted command-line overrides, validation with suggestions.
+
+Owns `DataConfig`, `ModelConfig`, `TrainConfig` and `Config` (frozen dataclasses), loading a recipe,
+applying `--section.key=value` overrides, and turning a config to and from plain dicts (for
+`config.json`). An unknown key or a wrong type is a `ConfigError` naming the key and the closest valid
+one. Does not own devices, models or files other than the recipe it is asked to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, closest
+from .models.gpt import GPTConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = "data/shakespeare_char"  # a directory written by `scratchgpt prepare`
+
+
+@dataclass(frozen=True)
+class ModelConfig(GPTConfig):
+    arch: str = "gpt"  # gpt | bigram
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_iters: int = 5000
+    batch_size: int = 64
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0  # 0: decay over max_iters
+    lr_schedule: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 200  # random batches per split per evaluation
+    full_val: bool = False  # evaluate val on every window of the split instead of eval_iters batches
+    eval_batch_size: int = 0  # 0: same as batch_size
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
+    compile: bool = False
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    time_limit: float = 0.0  # seconds from launch after which training stops (0: none)
+    out_dir: str = ""  # default runs/<recipe name>
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": ("gpt", "bigram"),
+    "model.pos_emb": ("learned", "rope", "none"),
+    "model.norm": ("layernorm", "rmsnorm", "none"),
+    "model.mlp": ("gelu", "relu", "relu2", "none"),
+    "train.lr_schedule": ("cosine", "linear", "constant"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.dtype": ("auto", "float32", "bfloat16"),
+}
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _check_value(key: str, value: Any, typ: type) -> Any:
+    """Return value converted to typ (int -> float allowed), or raise naming the key."""
+    if isinstance(typ, types.UnionType):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    ok = (
+        (typ is bool and isinstance(value, bool))
+        or (typ is int and isinstance(value, int) and not isinstance(value, bool))
+        or (typ is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (typ is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"'{key}' must be {typ.__name__}, got {type(value).__name__} {value!r}")
+    value = float(value) if typ is float else value
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"'{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}{closest(value, CHOICES[key])}")
+    return value
+
+
+def _section(name: str, raw: dict[str, Any], cls: type) -> Any:
+    types_ = _field_types(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in types_:
+            raise ConfigError(f"unknown key '{name}.{key}'{closest(f'{name}.{key}', (f'{name}.{k}' for k in types_))}")
+        values[key] = _check_value(f"{name}.{key}", value, types_[key])
+    return cls(**values)
+
+
+def from_dict(raw: dict[str, Any], name: str | None = None) -> Config:
+    """Build a validated Config from nested dicts like a parsed recipe."""
+    raw = dict(raw)
+    name = raw.pop("name", name or "run")
+    if not isinstance(name, str):
+        raise ConfigError(f"'name' must be str, got {type(name).__name__}")
+    sections = {}
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown section '{key}'{closest(key, list(SECTIONS) + ['name'])}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a table of keys, got {type(value).__name__}")
+        sections[key] = _section(key, value, SECTIONS[key])
+    cfg = Config(name=name, **sections)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(arg: str) -> tuple[str, Any]:
+    """'--train.max_iters=2000' -> ('train.max_iters', 2000); values parse as TOML, else as strings."""
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body:
+        raise ConfigError(f"override '{arg}' must look like --section.key=value")
+    key, text = body.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # bare words such as cpu or rope
+    return key.strip(), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of raw with each dotted override set (validated later by from_dict)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for arg in overrides:
+        key, value = parse_override(arg)
+        parts = key.split(".")
+        valid = [f"{s}.{f}" for s, c in SECTIONS.items() for f in _field_types(c)]
+        if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in _field_types(SECTIONS[parts[0]]):
+            raise ConfigError(f"unknown key '{key}'{closest(key, valid)}")
+        raw.setdefault(parts[0], {})[parts[1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML recipe, apply overrides, validate. The run's name defaults to the file's stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe '{path}' not found (see configs/ for the named recipes)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe '{path}' is not valid TOML: {e}") from None
+    return from_dict(apply_overrides(raw, overrides or []), name=path.stem)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    m, t = cfg.model, cfg.train
+    positive = {"model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
+                "model.block_size": m.block_size, "train.batch_size": t.batch_size,
+                "train.grad_accum_steps": t.grad_accum_steps, "train.eval_interval": t.eval_interval,
+                "train.log_interval": t.log_interval, "train.eval_iters": t.eval_iters}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"'{key}' must be positive, got {value}")
+    if m.arch == "gpt" and m.n_embd % m.n_head:
+        raise ConfigError(f"'model.n_embd' ({m.n_embd}) must be divisible by 'model.n_head' ({m.n_head})")
+    if m.pos_emb == "rope" and (m.n_embd // m.n_head) % 2:
+        raise ConfigError("'model.pos_emb' = rope needs an even head size (n_embd / n_head)")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"'model.dropout' must be in [0, 1), got {m.dropout}")
+    if t.max_iters < 0 or t.warmup_iters < 0:
+        raise ConfigError("'train.max_iters' and 'train.warmup_iters' must not be negative")
+    if t.learning_rate <= 0 or t.min_lr < 0:
+        raise ConfigError("'train.learning_rate' must be positive and 'train.min_lr' not negative")

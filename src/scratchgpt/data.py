@@ -1,0 +1,187 @@
+"""Data: turn text into token-id files, and serve random training windows from them.
+
+Owns `prepare_text` / `prepare_shakespeare_char` (text -> `train.bin`, `val.bin`, `meta.json` in a data
+directory), `load_meta`, and `BatchLoader` (random windows from a memory-mapped split, seeded, y = x shifted
+by one; pinned and non-blocking on CUDA). Does not know models or training.
+
+A prepared directory is complete when `meta.json` exists: it is written last, every file atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .fileio import atomic_path, atomic_write_json, sha256_file
+from .tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json
+
+META_FORMAT = 1
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_ENV = "SCRATCHGPT_TINYSHAKESPEARE"
+
+
+def read_utf8(path: str | Path) -> str:
+    """Read a whole file as UTF-8; missing, empty or undecodable files are a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input file '{path}' not found")
+    raw = path.read_bytes()
+    if not raw:
+        raise DataError(f"input file '{path}' is empty")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"input file '{path}' is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}") from None
+
+
+def _write_ids(path: Path, ids: np.ndarray, dtype: np.dtype) -> None:
+    with atomic_path(path) as tmp:
+        ids.astype(dtype).tofile(tmp)
+
+
+def prepare_text(
+    input_path: str | Path,
+    out_dir: str | Path,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    block_size: int = 8,
+) -> dict[str, Any]:
+    """Tokenize one UTF-8 file into out_dir (first 1 - val_fraction for train, the rest for val).
+
+    Every check runs before anything is written, so a failure leaves out_dir as it was.
+    """
+    if tokenizer != "char":
+        raise DataError(f"tokenizer '{tokenizer}' is not available; use 'char'")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val fraction must be between 0 and 1, got {val_fraction}")
+    text = read_utf8(input_path)
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode_array(text)
+    n_train = int(len(ids) * (1 - val_fraction))
+    splits = {"train": ids[:n_train], "val": ids[n_train:]}
+    for name, part in splits.items():
+        if len(part) < block_size + 1:
+            raise DataError(
+                f"input file '{input_path}' is too short: its {name} split has {len(part)} tokens, fewer than "
+                f"one block of {block_size} + 1 (use a longer file or pass a smaller --block-size)"
+            )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(np.uint16) if tok.vocab_size <= 65536 else np.dtype(np.uint32)
+    for name, part in splits.items():
+        _write_ids(out / f"{name}.bin", part, dtype)
+    meta = {
+        "format": META_FORMAT,
+        "tokenizer": tok.to_json(),
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "train_tokens": int(len(splits["train"])),
+        "val_tokens": int(len(splits["val"])),
+        "source": str(Path(input_path).resolve()),
+        "source_sha256": sha256_file(input_path),
+    }
+    atomic_write_json(out / "meta.json", meta)  # written last: its presence marks the directory complete
+    return meta
+
+
+def fetch_shakespeare(dest: Path) -> Path:
+    """Download tiny Shakespeare to dest; offline, a DataError saying what to pass instead."""
+    try:
+        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r:
+            data = r.read()
+    except (urllib.error.URLError, OSError):
+        raise DataError(
+            f"could not download tiny Shakespeare (no network?); pass --input PATH or set {SHAKESPEARE_ENV}=PATH "
+            "to a local copy of input.txt"
+        ) from None
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return dest
+
+
+def prepare_shakespeare_char(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char") -> dict[str, Any]:
+    """Prepare tiny Shakespeare at character level: from --input, else $SCRATCHGPT_TINYSHAKESPEARE, else the web."""
+    out = Path(out_dir)
+    src = input_path or os.environ.get(SHAKESPEARE_ENV)
+    if not src:
+        src = out / "input.txt"
+        if not src.is_file():
+            fetch_shakespeare(src)
+    return prepare_text(src, out, tokenizer="char")
+
+
+def load_meta(data_dir: str | Path) -> dict[str, Any]:
+    """Read a prepared directory's meta.json; a missing or incomplete directory names `scratchgpt prepare`."""
+    d = Path(data_dir)
+    meta_path = d / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(
+            f"data directory '{d}' is not prepared (no meta.json); run `scratchgpt prepare shakespeare_char` "
+            f"or `scratchgpt prepare text --input FILE --out {d}` first"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta["vocab_size"] = int(meta["vocab_size"])
+        np.dtype(meta["dtype"])
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"'{meta_path}' is damaged; prepare the data again") from None
+    return meta
+
+
+def load_tokenizer(data_dir: str | Path) -> Tokenizer:
+    return tokenizer_from_json(load_meta(data_dir)["tokenizer"])
+
+
+class BatchLoader:
+    """Random (x, y) windows of block_size tokens from one split, drawn with its own seeded generator."""
+
+    def __init__(self, data_dir: str | Path, split: str, block_size: int, batch_size: int,
+                 device: torch.device | str = "cpu", seed: int = 0):
+        meta = load_meta(data_dir)
+        path = Path(data_dir) / f"{split}.bin"
+        if not path.is_file():
+            raise DataError(f"'{path}' is missing; prepare the data again")
+        self.data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+        if len(self.data) < block_size + 1:
+            raise DataError(
+                f"the {split} split of '{data_dir}' has {len(self.data)} tokens, too few for one block of "
+                f"{block_size} + 1; lower model.block_size or prepare more text"
+            )
+        self.block_size, self.batch_size = block_size, batch_size
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._offsets = np.arange(block_size + 1)
+
+    def _to_device(self, xy: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.from_numpy(xy.astype(np.int64))  # (B, T + 1)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        elif self.device.type != "cpu":
+            t = t.to(self.device)
+        return t[:, :-1], t[:, 1:]  # x (B, T), y (B, T): y is x shifted by one
+
+    def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+        return self._to_device(self.data[starts.numpy()[:, None] + self._offsets])
+
+    def sequential(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every non-overlapping window of the split once, in order (for evaluation on the whole split)."""
+        n_windows = (len(self.data) - 1) // self.block_size
+        for first in range(0, n_windows, self.batch_size):
+            starts = np.arange(first, min(first + self.batch_size, n_windows)) * self.block_size
+            yield self._to_device(self.data[starts[:, None] + self._offsets])
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)

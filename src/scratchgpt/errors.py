@@ -1,0 +1,42 @@
+"""The one kind of exception a user can cause.
+
+Owns `UserError` and its subclasses. Library code raises these for anything a user can get wrong (a bad
+config, missing data, an unknown character, a corrupt checkpoint); the CLI turns them into a single
+`error: <message>` line and exit code 2. Any other exception is a bug and may show a traceback.
+Does not own printing or exit codes: `cli.py` does.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """Something the user can fix; the message is one clear sentence."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A recipe or override names an unknown key or gives a value of the wrong type."""
+
+
+class DataError(UserError):
+    """Missing, empty or undecodable data, or a prepared directory that is not one."""
+
+
+class CheckpointError(UserError):
+    """A run directory that is not one, or a corrupt, truncated or unsafe checkpoint."""
+
+
+class Interrupted(UserError):
+    """Training stopped by Ctrl-C after saving a checkpoint."""
+
+    exit_code = 130
+
+
+def closest(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the nearest choice, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""

@@ -1,0 +1,32 @@
+"""The lecture's baseline: a bigram language model (each token's row of a table is the next token's logits).
+
+Owns `BigramLanguageModel`. Pure like `gpt.py`: no I/O, no printing, no devices.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BigramLanguageModel(nn.Module):
+    """A vocab x vocab embedding table read straight out as logits."""
+
+    def __init__(self, vocab_size: int, block_size: int = 8):
+        super().__init__()
+        self.block_size = block_size  # only bounds the context the sampler feeds; a bigram looks at one token
+        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None, attn_mask=None,
+                positions=None, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if last_only:
+            idx = idx[:, -1:]
+        logits = self.token_embedding_table(idx)  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss

@@ -1,0 +1,250 @@
+"""The GPT model: config, modules, initialisation, forward. Pure: no I/O, no printing, no devices.
+
+Owns `GPTConfig`, `CausalSelfAttention`, `MLP`, `Block` and `GPT`, written by hand because they are the
+point of the project. The defaults are the lecture's / GPT-2's model (learned positions, pre-LayerNorm,
+4x GELU MLP, tied head). Switches let the lecture's earlier steps (no MLP, no residual, no norm) and modern
+variants (rotary positions, RMSNorm, QK-norm, ReLU^2, untied head) be built from the same code.
+Does not own sampling policy, the KV cache's storage (the engine passes a cache object in), or weights I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape and switches of a GPT. `vocab_size` 0 means "take it from the prepared data"."""
+
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    block_size: int = 256
+    vocab_size: int = 0
+    dropout: float = 0.0
+    bias: bool = False
+    tie_weights: bool = True
+    pos_emb: str = "learned"  # learned | rope | none
+    norm: str = "layernorm"  # layernorm | rmsnorm | none
+    mlp: str = "gelu"  # gelu | relu | relu2 | none
+    residual: bool = True
+    qk_norm: bool = False
+    rope_base: float = 10000.0
+    init_std: float = 0.02
+
+
+class KVCacheLike(Protocol):
+    """What attention needs from a key/value cache (the engine in `generate.py` provides one)."""
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @property
+    def pos(self) -> int: ...
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no mean subtraction, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, bias=bias)
+    if kind == "rmsnorm":
+        return RMSNorm(dim)
+    return nn.Identity()
+
+
+def rope_tables(head_dim: int, length: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (length, head_dim // 2), for rotary position embeddings."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of channels of x (B, nh, T, hs) by position-dependent angles (T, hs/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head masked self-attention: every position attends to itself and the past only."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
+        self.q_norm = make_norm("rmsnorm", self.head_dim, False) if cfg.qk_norm else None
+        self.k_norm = make_norm("rmsnorm", self.head_dim, False) if cfg.qk_norm else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCacheLike | None = None,
+        layer: int = 0,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs): the past and these T positions
+        drop = self.dropout if self.training else 0.0
+        if attn_mask is None and k.size(2) == T:
+            # scaled by 1/sqrt(hs) so scores keep unit variance and softmax stays diffuse at init
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)  # (B, nh, T, hs)
+        else:
+            if attn_mask is None:  # T new queries after S - T cached keys: query i sees keys <= S - T + i
+                S = k.size(2)
+                attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: expand 4x, non-linearity, project back."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.act = cfg.mlp
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, 4C)
+        if self.act == "gelu":
+            h = F.gelu(h)
+        elif self.act == "relu":
+            h = F.relu(h)
+        else:  # relu2: squared ReLU
+            h = F.relu(h).square()
+        return self.dropout(self.c_proj(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Communication (attention) then computation (MLP), each pre-normed and added to the residual."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias) if cfg.mlp != "none" else None
+        self.mlp = MLP(cfg) if cfg.mlp != "none" else None
+        self.residual = cfg.residual
+
+    def forward(self, x: torch.Tensor, rope=None, cache: KVCacheLike | None = None, layer: int = 0,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attn(self.ln_1(x), rope, cache, layer, attn_mask)  # (B, T, C)
+        x = x + a if self.residual else a
+        if self.mlp is not None:
+            m = self.mlp(self.ln_2(x))  # (B, T, C)
+            x = x + m if self.residual else m
+        return x
+
+
+class GPT(nn.Module):
+    """Decoder-only Transformer language model."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("GPTConfig.vocab_size must be set (> 0)")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight  # one matrix reads tokens in and writes them out
+        if cfg.pos_emb == "rope":
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base, torch.device("cpu"))
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+            elif name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without position embeddings (the tied token table counts once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCacheLike | None = None,
+        attn_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab) and the mean cross-entropy when targets are given.
+
+        With a cache, idx holds the T positions after the `cache.pos` already cached. `positions` (T,)
+        overrides the absolute positions (the engine uses it for batched prompts); `attn_mask` (B|1, 1, T, S)
+        replaces the causal mask. `last_only` computes logits for the last position only.
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if positions is None:
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence of {start + T} exceeds block_size {self.config.block_size}")
+            positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)  # (B, T, C) + (T, C)
+        x = self.drop(x)
+        rope = None
+        if self.config.pos_emb == "rope":
+            rope = (self.rope_cos[positions], self.rope_sin[positions])  # each (T, hs/2)
+        for i, block in enumerate(self.h):
+            x = block(x, rope, cache, i, attn_mask)
+        x = self.ln_f(x)  # (B, T, C)
+        if targets is None:
+            logits = self.lm_head(x[:, -1:, :] if last_only else x)  # (B, T|1, vocab)
+            return logits, None
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss

@@ -1,0 +1,52 @@
+"""Plots people would rather look at than logs: the loss curve of a run.
+
+Owns `plot_loss(metrics_path, png_path)`, reading `metrics.jsonl` and writing a PNG atomically with
+matplotlib's non-interactive backend. Does not own the metrics format (see `train.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .fileio import atomic_path
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash; the rest is still good
+    return rows
+
+
+def plot_loss(metrics_path: str | Path, png_path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), color="tab:blue", alpha=0.35, lw=1, label="train (batch)")
+    if evals:
+        steps = [r["step"] for r in evals]
+        ax.plot(steps, [r["train_loss"] for r in evals], "o-", color="tab:blue", label="train (eval)")
+        ax.plot(steps, [r["val_loss"] for r in evals], "o-", color="tab:orange", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(title or "loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png_path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

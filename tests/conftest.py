@@ -1,0 +1,48 @@
+"""Shared fixtures: the real corpus (through $SCRATCHGPT_TINYSHAKESPEARE), small prepared data, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from scratchgpt.config import from_dict
+from scratchgpt.data import SHAKESPEARE_ENV, prepare_shakespeare_char, prepare_text
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    path = os.environ.get(SHAKESPEARE_ENV) or str(REPO.parent / "shared/data/tinyshakespeare/input.txt")
+    if not Path(path).is_file():
+        pytest.skip(f"tiny Shakespeare not found; set {SHAKESPEARE_ENV}")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_dir(shakespeare_path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shakespeare_char")
+    prepare_shakespeare_char(shakespeare_path, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_text_dir(tmp_path_factory) -> Path:
+    """A small prepared corpus that needs no shared file: fast tests run anywhere."""
+    d = tmp_path_factory.mktemp("small")
+    text = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400))
+    (d / "input.txt").write_text(text, encoding="utf-8")
+    prepare_text(d / "input.txt", d / "data")
+    return d / "data"
+
+
+def tiny_config(data_dir, **train):
+    """A model small enough that a few dozen steps run in well under a second."""
+    t = {"max_iters": 20, "batch_size": 4, "eval_interval": 10, "eval_iters": 2, "log_interval": 1,
+         "warmup_iters": 2, "device": "cpu", "dtype": "float32"}
+    t.update(train)
+    return from_dict({"data": {"dir": str(data_dir)},
+                      "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "dropout": 0.1},
+                      "train": t}, name="tiny")
