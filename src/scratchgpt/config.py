@@ -28,6 +28,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig(GPTConfig):
     arch: str = "gpt"  # gpt | bigram
+    # "" trains from random weights; gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a local Hugging Face GPT-2
+    # directory starts from those weights: the shape comes from the checkpoint, and the recipe keeps only
+    # model.dropout and model.block_size (at most the checkpoint's; the position table is cropped to it)
+    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("gpt", "bigram"),
     "model.pos_emb": ("learned", "rope", "none"),
     "model.norm": ("layernorm", "rmsnorm", "none"),
-    "model.mlp": ("gelu", "relu", "relu2", "none"),
+    "model.mlp": ("gelu", "gelu_tanh", "relu", "relu2", "none"),
     "train.lr_schedule": ("cosine", "linear", "constant"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.dtype": ("auto", "float32", "bfloat16"),
@@ -181,6 +185,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}")
+    if m.init_from and m.arch != "gpt":
+        raise ConfigError(f"'model.init_from' needs model.arch = gpt, got {m.arch!r}")
     if m.arch == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"'model.n_embd' ({m.n_embd}) must be divisible by 'model.n_head' ({m.n_head})")
     if m.pos_emb == "rope" and (m.n_embd // m.n_head) % 2:

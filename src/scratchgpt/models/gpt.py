@@ -32,7 +32,7 @@ class GPTConfig:
     tie_weights: bool = True
     pos_emb: str = "learned"  # learned | rope | none
     norm: str = "layernorm"  # layernorm | rmsnorm | none
-    mlp: str = "gelu"  # gelu | relu | relu2 | none
+    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's tanh approximation) | relu | relu2 | none
     residual: bool = True
     qk_norm: bool = False
     rope_base: float = 10000.0
@@ -143,6 +143,8 @@ class MLP(nn.Module):
         h = self.c_fc(x)  # (B, T, 4C)
         if self.act == "gelu":
             h = F.gelu(h)
+        elif self.act == "gelu_tanh":  # GPT-2's "gelu_new": imported GPT-2 weights need it to match exactly
+            h = F.gelu(h, approximate="tanh")
         elif self.act == "relu":
             h = F.relu(h)
         else:  # relu2: squared ReLU
