@@ -99,10 +99,11 @@ def _assign(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> N
             own[name].copy_(t)
 
 
-def write_run_header(run_dir: str | Path, cfg: Config, tokenizer: Tokenizer, n_params: int) -> None:
-    """config.json and tokenizer.json: what sampling needs besides weights."""
+def write_run_header(run_dir: str | Path, cfg: Config, tokenizer: Tokenizer | None, n_params: int) -> None:
+    """config.json and tokenizer.json: what sampling needs besides weights (no tokenizer: an import without one)."""
     run = Path(run_dir)
-    atomic_write_json(run / TOKENIZER, tokenizer.to_json())
+    if tokenizer is not None:
+        atomic_write_json(run / TOKENIZER, tokenizer.to_json())
     atomic_write_json(run / CONFIG, {
         "format_version": FORMAT_VERSION, "package_version": __version__, "n_params": n_params, "config": to_dict(cfg),
     })

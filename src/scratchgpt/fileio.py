@@ -1,7 +1,8 @@
 """Atomic file writes: temp file in the same directory, fsync, rename, then fsync the directory.
 
 Owns `atomic_write_bytes`, `atomic_write_text`, `atomic_path` (a context manager for writers that need a
-path, such as safetensors and matplotlib) and `sha256_file`. A crash mid-write leaves the old file as it
+path, such as safetensors and matplotlib), `atomic_dir` (a whole directory, such as an export) and
+`sha256_file`. A crash mid-write leaves the old file as it
 was and at worst a stray `*.tmp` file, never a damaged target. Does not own what is written.
 """
 
@@ -11,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +52,36 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside target; on success its files are fsynced and it takes
+    target's place (an existing target is renamed aside first, then removed). On failure target is untouched.
+
+    Between the two renames target is briefly absent, but it is never half-written.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = None
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(f, 0o666 & ~_umask())  # some writers (safetensors) make 0600
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        if target.exists() or target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "x")
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -167,6 +167,10 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
     t = cfg.train
     meta = load_meta(cfg.data.dir)
     tokenizer = tokenizer_from_json(meta["tokenizer"])
+    pretrained = None
+    if cfg.model.init_from and not resume:  # start from GPT-2 weights; a resumed run restores its own
+        from .interop.hf import apply_init_from, load_state
+        cfg, pretrained = apply_init_from(cfg, tokenizer)
     cfg = ckpt.resolved_model_config(cfg, meta["vocab_size"])
     run_dir = Path(out_dir or (resume if resume else None) or t.out_dir or f"runs/{cfg.name}")
     device = resolve_device(t.device)
@@ -177,6 +181,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(t.seed)
     model = build_model(cfg.model).to(device)
+    if pretrained is not None:
+        load_state(model, pretrained)
     optimizer = configure_optimizer(model, t, device)
     block = cfg.model.block_size
     loader = BatchLoader(cfg.data.dir, "train", block, t.batch_size, device, t.seed)
