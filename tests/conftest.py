@@ -6,11 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from scratchgpt.config import from_dict
 from scratchgpt.data import SHAKESPEARE_ENV, prepare_shakespeare_char, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two busy-waiting
+# OpenMP threads per process make them ten times slower; subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
