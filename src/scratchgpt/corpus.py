@@ -407,3 +407,15 @@ def _build(sources: list[Source], staging: Path, tok: Tokenizer | None, workers:
         "options": {"val_fraction": val_fraction, "shard_tokens": shard_tokens, "text_field": text_field,
                     "txt_docs": txt_docs, "hf_config": hf_config, "hf_split": hf_split},
     }
+
+
+LEGACY_MAX_BYTES = 64 << 20  # a single text file up to this size may go through data.prepare_text in memory
+
+
+def wants_corpus(inputs: list[str], options: dict[str, Any]) -> bool:
+    """Whether `prepare text` should stream through `prepare_corpus`: anything but one plain-text file small
+    enough for `data.prepare_text` (in memory, tail split, train.bin/val.bin) given with no corpus option."""
+    if options or len(inputs) != 1 or str(inputs[0]).startswith("hf:"):
+        return True
+    p = Path(inputs[0])
+    return not p.is_file() or p.suffix.lower() in (".jsonl", ".parquet") or p.stat().st_size > LEGACY_MAX_BYTES
