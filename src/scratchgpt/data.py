@@ -2,7 +2,9 @@
 
 Owns `prepare_text` / `prepare_shakespeare_char` (text -> `train.bin`, `val.bin`, `meta.json` in a data
 directory), `load_meta`, and `BatchLoader` (random windows from a memory-mapped split, seeded, y = x shifted
-by one; pinned and non-blocking on CUDA). Does not know models or training.
+by one; pinned and non-blocking on CUDA). A split is one `{split}.bin`, or, when meta.json lists `shards`
+(written by `corpus.prepare_corpus`), several files read as if laid end to end. Does not know models or
+training.
 
 A prepared directory is complete when `meta.json` exists: it is written last, every file atomically.
 """
@@ -141,19 +143,45 @@ def load_tokenizer(data_dir: str | Path) -> Tokenizer:
     return tokenizer_from_json(load_meta(data_dir)["tokenizer"])
 
 
+def _open_shards(data_dir: Path, split: str, meta: dict[str, Any], dtype: np.dtype) -> list[np.memmap]:
+    """Memory-map a split's shards in order, checking each against the token count meta.json gives it."""
+    try:
+        entries = [(str(e["file"]), int(e["tokens"])) for e in meta["shards"][split]]
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"'{data_dir / 'meta.json'}' is damaged (no shard list for {split}); prepare the data again") from None
+    shards = []
+    for name, tokens in entries:
+        path = data_dir / name
+        if Path(name).name != name or not path.is_file():
+            raise DataError(f"shard '{path}' is missing; prepare the data again")
+        if path.stat().st_size != tokens * dtype.itemsize:
+            raise DataError(f"shard '{path}' holds {path.stat().st_size} bytes, not the {tokens} {dtype.name} ids "
+                            "meta.json lists; prepare the data again")
+        if tokens:
+            shards.append(np.memmap(path, dtype=dtype, mode="r"))
+    return shards
+
+
 class BatchLoader:
     """Random (x, y) windows of block_size tokens from one split, drawn with its own seeded generator."""
 
     def __init__(self, data_dir: str | Path, split: str, block_size: int, batch_size: int,
                  device: torch.device | str = "cpu", seed: int = 0):
         meta = load_meta(data_dir)
-        path = Path(data_dir) / f"{split}.bin"
-        if not path.is_file():
-            raise DataError(f"'{path}' is missing; prepare the data again")
-        self.data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
-        if len(self.data) < block_size + 1:
+        dtype = np.dtype(meta["dtype"])
+        if "shards" in meta:
+            self.shards = _open_shards(Path(data_dir), split, meta, dtype)
+        else:
+            path = Path(data_dir) / f"{split}.bin"
+            if not path.is_file():
+                raise DataError(f"'{path}' is missing; prepare the data again")
+            self.shards = [np.memmap(path, dtype=dtype, mode="r")]
+        self.data = self.shards[0] if len(self.shards) == 1 else None  # the one array, when there is one
+        self._begins = np.cumsum([0] + [len(s) for s in self.shards])  # (n_shards + 1,) global offsets
+        self.n_tokens = int(self._begins[-1])
+        if self.n_tokens < block_size + 1:
             raise DataError(
-                f"the {split} split of '{data_dir}' has {len(self.data)} tokens, too few for one block of "
+                f"the {split} split of '{data_dir}' has {self.n_tokens} tokens, too few for one block of "
                 f"{block_size} + 1; lower model.block_size or prepare more text"
             )
         self.block_size, self.batch_size = block_size, batch_size
@@ -169,16 +197,35 @@ class BatchLoader:
             t = t.to(self.device)
         return t[:, :-1], t[:, 1:]  # x (B, T), y (B, T): y is x shifted by one
 
+    def _windows(self, starts: np.ndarray) -> np.ndarray:
+        """(B, T + 1) windows at offsets into the split; a window may run across shard boundaries."""
+        if self.data is not None:
+            return self.data[starts[:, None] + self._offsets]
+        shard = np.searchsorted(self._begins, starts, side="right") - 1
+        local = starts - self._begins[shard]
+        out = np.empty((len(starts), self.block_size + 1), dtype=self.shards[0].dtype)
+        for s in np.unique(shard):
+            rows = np.flatnonzero(shard == s)
+            inside = rows[local[rows] + self.block_size + 1 <= len(self.shards[s])]
+            out[inside] = self.shards[s][local[inside][:, None] + self._offsets]
+            for r in np.setdiff1d(rows, inside):  # rare with large shards: stitch the window together
+                need, i, pos, parts = self.block_size + 1, int(s), int(local[r]), []
+                while need:
+                    parts.append(self.shards[i][pos:pos + need])
+                    need, i, pos = need - len(parts[-1]), i + 1, 0
+                out[r] = np.concatenate(parts)
+        return out
+
     def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
-        return self._to_device(self.data[starts.numpy()[:, None] + self._offsets])
+        starts = torch.randint(self.n_tokens - self.block_size, (self.batch_size,), generator=self.generator)
+        return self._to_device(self._windows(starts.numpy()))
 
     def sequential(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every non-overlapping window of the split once, in order (for evaluation on the whole split)."""
-        n_windows = (len(self.data) - 1) // self.block_size
+        n_windows = (self.n_tokens - 1) // self.block_size
         for first in range(0, n_windows, self.batch_size):
             starts = np.arange(first, min(first + self.batch_size, n_windows)) * self.block_size
-            yield self._to_device(self.data[starts[:, None] + self._offsets])
+            yield self._to_device(self._windows(starts))
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()
