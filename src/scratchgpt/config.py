@@ -59,6 +59,12 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     time_limit: float = 0.0  # seconds from launch after which training stops (0: none)
+    stop_val_loss: float = 0.0  # stop at the first evaluation whose val loss is at most this (0: never)
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)
+    muon_lr: float = 0.02  # Muon's peak lr; it follows the same warmup and decay as learning_rate
+    muon_momentum: float = 0.95
+    peak_flops: float = 0.0  # the device's peak FLOP/s (e.g. 989e12 for an H100's dense bf16); 0: no MFU
+    dist_timeout: float = 300.0  # seconds any collective (and the rendezvous) may wait for the other ranks
     out_dir: str = ""  # default runs/<recipe name>
 
 
@@ -79,6 +85,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_schedule": ("cosine", "linear", "constant"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.dtype": ("auto", "float32", "bfloat16"),
+    "train.optimizer": ("adamw", "muon"),
 }
 
 
@@ -197,3 +204,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'train.max_iters' and 'train.warmup_iters' must not be negative")
     if t.learning_rate <= 0 or t.min_lr < 0:
         raise ConfigError("'train.learning_rate' must be positive and 'train.min_lr' not negative")
+    if t.muon_lr <= 0 or t.dist_timeout <= 0 or t.peak_flops < 0:
+        raise ConfigError("'train.muon_lr' and 'train.dist_timeout' must be positive and 'train.peak_flops' not negative")
+    if t.optimizer == "muon" and m.arch != "gpt":
+        raise ConfigError(f"'train.optimizer' = muon needs the blocks' weight matrices, and model.arch = {m.arch} has "
+                          "none; use train.optimizer = adamw")

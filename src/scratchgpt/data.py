@@ -163,10 +163,16 @@ def _open_shards(data_dir: Path, split: str, meta: dict[str, Any], dtype: np.dty
 
 
 class BatchLoader:
-    """Random (x, y) windows of block_size tokens from one split, drawn with its own seeded generator."""
+    """Random (x, y) windows of block_size tokens from one split, drawn with its own seeded generator.
+
+    `batch_size` is the global batch. With `shard` = (rank, world) every rank draws the same global batch
+    from the same generator and keeps its own rows [rank * B / world, (rank + 1) * B / world): ranks see
+    disjoint rows, together exactly what one process would see, and the generator's state means the same
+    thing at any world size (so a run can resume on a different number of processes).
+    """
 
     def __init__(self, data_dir: str | Path, split: str, block_size: int, batch_size: int,
-                 device: torch.device | str = "cpu", seed: int = 0):
+                 device: torch.device | str = "cpu", seed: int = 0, shard: tuple[int, int] = (0, 1)):
         meta = load_meta(data_dir)
         dtype = np.dtype(meta["dtype"])
         if "shards" in meta:
@@ -185,6 +191,7 @@ class BatchLoader:
                 f"{block_size} + 1; lower model.block_size or prepare more text"
             )
         self.block_size, self.batch_size = block_size, batch_size
+        self.rank, self.world = shard
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = np.arange(block_size + 1)
@@ -216,15 +223,22 @@ class BatchLoader:
                 out[r] = np.concatenate(parts)
         return out
 
+    def _mine(self, starts: np.ndarray) -> np.ndarray:
+        """This rank's rows of a global batch (all of them for one process)."""
+        if self.world == 1:
+            return starts
+        n = len(starts)
+        return starts[n * self.rank // self.world:n * (self.rank + 1) // self.world]
+
     def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(self.n_tokens - self.block_size, (self.batch_size,), generator=self.generator)
-        return self._to_device(self._windows(starts.numpy()))
+        return self._to_device(self._windows(self._mine(starts.numpy())))
 
     def sequential(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every non-overlapping window of the split once, in order (for evaluation on the whole split)."""
         n_windows = (self.n_tokens - 1) // self.block_size
         for first in range(0, n_windows, self.batch_size):
-            starts = np.arange(first, min(first + self.batch_size, n_windows)) * self.block_size
+            starts = self._mine(np.arange(first, min(first + self.batch_size, n_windows)) * self.block_size)
             yield self._to_device(self._windows(starts))
 
     def state(self) -> torch.Tensor:

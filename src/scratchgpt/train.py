@@ -1,9 +1,19 @@
-"""Training: optimizer groups, learning-rate schedule, evaluation, the loop, checkpoints, signals.
+"""Training: evaluation, the loop, checkpoints, signals, on one process or many (DDP under torchrun).
 
-Owns `configure_optimizer`, `lr_at`, `Evaluator`, `train` and the helpers they need (device and autocast
-choice, the NaN guard, Ctrl-C handling). The loop is written by hand because it is the point of the
-project; the optimizer is `torch.optim.AdamW`. Does not parse command-line flags (`cli.py` does) or know the
-file format of a run (`checkpoint.py` does).
+Owns `Evaluator`, `train` and the helpers they need (device and autocast choice, the NaN guard, Ctrl-C
+handling, per-rank RNG states). The loop is written by hand because it is the point of the project; the
+optimizers and schedule live in `optim.py`, the process group in `distributed.py`. Does not parse
+command-line flags (`cli.py` does) or know the file format of a run (`checkpoint.py` does).
+
+Many processes (`torchrun --nproc_per_node N -m scratchgpt.cli train ...`): `train.batch_size` is the
+global batch per micro-step, split evenly over the ranks (a world size that does not divide it is an
+error), so a recipe means the same run on any number of processes. Every rank draws the same global
+batch from the same seeded stream and keeps its own rows; gradients are all-reduced by DDP on the last
+micro-step only; logged and evaluated losses are the means over all ranks; rank 0 alone writes the run
+directory while the others wait at a barrier. A checkpoint holds the data stream's state (the same on
+every rank) and each rank's torch RNG state (dropout); resuming on a different world size keeps the data
+stream exactly, restores the RNG of the ranks that exist in both, and seeds new ranks from
+(seed, rank, step). Time-limit and Ctrl-C stops are agreed between ranks at log steps.
 """
 
 from __future__ import annotations
@@ -22,12 +32,15 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .config import Config, TrainConfig
-from .console import echo, is_main_process
+from . import distributed as D
+from .config import Config
+from .console import echo
 from .data import BatchLoader, load_meta
 from .errors import Interrupted, UserError
 from .fileio import atomic_write_text
+from .flops import flops_per_token, matmul_params, mfu
 from .models import build_model
+from .optim import configure_optimizer, lr_at, set_lr
 from .plots import plot_loss, read_metrics
 from .tokenizers import tokenizer_from_json
 
@@ -54,43 +67,27 @@ def autocast_context(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def configure_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings, linear weights) only; biases and norms are not decayed."""
-    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2),
-                             fused=device.type == "cuda")
-
-
-def lr_at(step: int, t: TrainConfig) -> float:
-    """Linear warmup from 0 to learning_rate, then cosine (or linear) decay to min_lr, then flat."""
-    if t.lr_schedule == "constant":
-        return t.learning_rate
-    if step < t.warmup_iters:
-        return t.learning_rate * (step + 1) / (t.warmup_iters + 1)
-    decay_iters = t.lr_decay_iters or t.max_iters
-    if step >= decay_iters:
-        return t.min_lr
-    frac = (step - t.warmup_iters) / max(1, decay_iters - t.warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * frac)) if t.lr_schedule == "cosine" else 1.0 - frac
-    return t.min_lr + coeff * (t.learning_rate - t.min_lr)
+__all__ = ["Evaluator", "TrainResult", "autocast_context", "configure_optimizer", "lr_at", "resolve_device", "train"]
 
 
 class Evaluator:
     """Mean loss on train and val over eval_iters fixed random batches (val over the whole split if full_val).
 
     Its loaders restart from the same seed every call, so successive evaluations see the same batches and
-    the training RNG is never touched.
+    the training RNG is never touched. With many ranks each evaluates its rows of every batch and the sums
+    are all-reduced, so every rank gets the loss one process would get (up to summation order).
     """
 
     def __init__(self, data_dir: str, block_size: int, batch_size: int, eval_iters: int,
-                 device: torch.device, seed: int, ctx_factory, full_val: bool = False):
+                 device: torch.device, seed: int, ctx_factory, full_val: bool = False,
+                 dist: D.DistContext | None = None):
         self.eval_iters = eval_iters
         self.full_val = full_val
         self.ctx_factory = ctx_factory
-        self.loaders = {s: BatchLoader(data_dir, s, block_size, batch_size, device, seed + 1 + i)
+        self.dist = dist or D.DistContext()
+        self.device = device
+        shard = (self.dist.rank, self.dist.world_size)
+        self.loaders = {s: BatchLoader(data_dir, s, block_size, batch_size, device, seed + 1 + i, shard)
                         for i, s in enumerate(("train", "val"))}
         self.initial = {s: ld.state() for s, ld in self.loaders.items()}
 
@@ -106,10 +103,15 @@ class Evaluator:
             batches = loader.sequential() if full else (loader.get_batch() for _ in range(self.eval_iters))
             total, count = torch.zeros((), dtype=torch.float64), 0
             for x, y in batches:
+                if y.numel() == 0:  # a rank with no rows of a short last batch
+                    continue
                 with self.ctx_factory():
                     _, loss = model(x, y)
                 total += loss.double().cpu() * y.numel()
                 count += y.numel()
+            if self.dist.enabled:
+                both = torch.stack([total, torch.tensor(float(count), dtype=torch.float64)])
+                total, count = D.sum_(self.dist, both.to(D.comm_device(self.device))).cpu().unbind()
             out[split] = (total / count).item()
         model.train(was_training)
         return out
@@ -122,7 +124,7 @@ class TrainResult:
     best_val: float
     last_eval: dict[str, float]
     elapsed: float
-    stopped: str  # done | time_limit
+    stopped: str  # done | time_limit | target (val loss reached train.stop_val_loss)
 
 
 class _StopFlag:
@@ -160,10 +162,64 @@ def _trim_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of a rank that has no saved RNG state (a new rank after a world-size change)."""
+    return (seed * 1_000_003 + rank * 7919 + step) % (2**63)
+
+
+def _restore_rng(extra: dict[str, torch.Tensor], dist: D.DistContext, device: torch.device, seed: int,
+                 step: int) -> None:
+    """Rank 0 keeps `rng_cpu` (the single-process key); rank r > 0 its `rng_cpu_rank{r}` if saved, else a seed."""
+    suffix = f"_rank{dist.rank}" if dist.rank else ""
+    if f"rng_cpu{suffix}" in extra:
+        torch.set_rng_state(extra[f"rng_cpu{suffix}"])
+        if device.type == "cuda" and f"rng_cuda{suffix}" in extra:
+            torch.cuda.set_rng_state(extra[f"rng_cuda{suffix}"])
+    else:
+        torch.manual_seed(_rank_seed(seed, dist.rank, step))
+
+
+def _rng_states(dist: D.DistContext, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every rank's torch RNG states, gathered to all ranks (rank 0 writes them)."""
+    out = {}
+    kinds = [("rng_cpu", torch.get_rng_state())]
+    if device.type == "cuda":
+        kinds.append(("rng_cuda", torch.cuda.get_rng_state()))
+    for key, state in kinds:
+        for r, s in enumerate(D.gather_bytes(dist, state, device)):
+            out[key + (f"_rank{r}" if r else "")] = s
+    return out
+
+
 def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | None = None,
           launch_time: float | None = None, progress: bool = True) -> TrainResult:
-    """Train per cfg into out_dir (default runs/<name>), optionally continuing exactly from a run directory."""
+    """Train per cfg into out_dir (default runs/<name>), optionally continuing exactly from a run directory.
+
+    Under torchrun (WORLD_SIZE > 1 in the environment) this joins the process group, trains with DDP and
+    leaves the group at the end; see the module docstring for what batch size and resume mean there.
+    """
     launch = launch_time if launch_time is not None else time.time()
+    t = cfg.train
+    dist = D.world_from_env()
+    if t.batch_size % dist.world_size:
+        raise D.DistributedError(
+            f"train.batch_size ({t.batch_size}) is the global batch and must split evenly over the "
+            f"{dist.world_size} processes; use a multiple of {dist.world_size}"
+        )
+    device = resolve_device(t.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    dist = D.setup(dist, device.type, t.dist_timeout)
+    try:
+        with D.collective_errors(dist, t.dist_timeout):
+            return _train(cfg, dist, device, launch, out_dir, resume, progress)
+    finally:
+        D.teardown(dist)
+
+
+def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float, out_dir: str | Path | None,
+           resume: str | Path | None, progress: bool) -> TrainResult:
     t = cfg.train
     meta = load_meta(cfg.data.dir)
     tokenizer = tokenizer_from_json(meta["tokenizer"])
@@ -173,46 +229,60 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
         cfg, pretrained = apply_init_from(cfg, tokenizer)
     cfg = ckpt.resolved_model_config(cfg, meta["vocab_size"])
     run_dir = Path(out_dir or (resume if resume else None) or t.out_dir or f"runs/{cfg.name}")
-    device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(t.seed)
+    torch.manual_seed(t.seed)  # the same on every rank: identical initial weights
     model = build_model(cfg.model).to(device)
     if pretrained is not None:
         load_state(model, pretrained)
+    if dist.rank:
+        torch.manual_seed(_rank_seed(t.seed, dist.rank, 0))  # its own dropout masks
     optimizer = configure_optimizer(model, t, device)
     block = cfg.model.block_size
-    loader = BatchLoader(cfg.data.dir, "train", block, t.batch_size, device, t.seed)
+    shard = (dist.rank, dist.world_size)
+    loader = BatchLoader(cfg.data.dir, "train", block, t.batch_size, device, t.seed, shard)
     ctx_factory = lambda: autocast_context(device, t.dtype)  # noqa: E731
     evaluator = Evaluator(cfg.data.dir, block, t.eval_batch_size or t.batch_size, t.eval_iters, device, t.seed, ctx_factory,
-                          t.full_val)
+                          t.full_val, dist)
 
     step, best_val, last_eval = 0, math.inf, {}
     if resume:
         ckpt.read_config(resume)  # a clear error when it is not a run directory
         extra, info = ckpt.load_trainer_state(resume, model, optimizer)
         step, best_val = int(info["step"]), float(info["best_val"])
-        torch.set_rng_state(extra["rng_cpu"])
-        loader.set_state(extra["rng_loader"])
-        if device.type == "cuda" and "rng_cuda" in extra:
-            torch.cuda.set_rng_state(extra["rng_cuda"])
+        _restore_rng(extra, dist, device, t.seed, step)
+        loader.set_state(extra["rng_loader"])  # the global data stream: the same at any world size
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
-    if resume:
-        _trim_metrics(metrics_path, step)
-    elif metrics_path.exists():
-        metrics_path.unlink()  # a fresh run in a reused directory starts a fresh log
-    main = is_main_process()
+    main = dist.is_main
     if main:
+        if resume:
+            _trim_metrics(metrics_path, step)
+        elif metrics_path.exists():
+            metrics_path.unlink()  # a fresh run in a reused directory starts a fresh log
         ckpt.write_run_header(run_dir, cfg, tokenizer, model.num_params())
+    D.barrier(dist, device)  # nobody logs into a file rank 0 is still trimming
     echo(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters (position embeddings excluded); "
-         f"device {device.type}; run directory {run_dir}")
+         f"device {device.type}" + (f" x {dist.world_size} processes" if dist.enabled else "") +
+         f"; run directory {run_dir}")
 
-    fwd = torch.compile(model) if t.compile else model
-    tokens_per_step = t.batch_size * block * t.grad_accum_steps
+    ddp = None
+    if dist.enabled:
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the only buffers are constant rope tables: skip the per-step broadcast (newer torch renamed the flag)
+        quiet = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                 else "broadcast_buffers": False}
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **quiet)
+    fwd = ddp or model
+    fwd = torch.compile(fwd) if t.compile else fwd
+    tokens_per_step = t.batch_size * block * t.grad_accum_steps  # global: all ranks together
+    flops_tok = flops_per_token(cfg.model, matmul_params(model))
 
     def log(row: dict) -> None:
         if main:
@@ -223,20 +293,19 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
 
     def save(eval_losses: dict[str, float] | None) -> None:
         nonlocal best_val
-        if not main:
-            return
         if eval_losses is not None and eval_losses["val"] < best_val:
             best_val = eval_losses["val"]
-            ckpt.save_weights(run_dir / ckpt.MODEL_BEST, model, step)
-        ckpt.save_weights(run_dir / ckpt.MODEL, model, step)
-        extra = {"rng_cpu": torch.get_rng_state(), "rng_loader": loader_state}
-        if device.type == "cuda":
-            extra["rng_cuda"] = torch.cuda.get_rng_state()
-        ckpt.save_trainer_state(run_dir, model, optimizer, extra, {
-            "step": step, "best_val": best_val, "tokens": step * tokens_per_step,
-            "elapsed": time.time() - launch, "last_eval": eval_losses or {},
-        })
-        plot_loss(metrics_path, run_dir / "loss.png", title=cfg.name)
+            if main:
+                ckpt.save_weights(run_dir / ckpt.MODEL_BEST, model, step)
+        extra = {**_rng_states(dist, device), "rng_loader": loader_state}  # a collective: every rank
+        if main:
+            ckpt.save_weights(run_dir / ckpt.MODEL, model, step)
+            ckpt.save_trainer_state(run_dir, model, optimizer, extra, {
+                "step": step, "best_val": best_val, "tokens": step * tokens_per_step,
+                "elapsed": time.time() - launch, "last_eval": eval_losses or {}, "world_size": dist.world_size,
+            })
+            plot_loss(metrics_path, run_dir / "loss.png", title=cfg.name)
+        D.barrier(dist, device)  # the others wait until the checkpoint is whole
 
     def evaluate() -> dict[str, float]:
         losses = evaluator(model)
@@ -255,33 +324,45 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
     tick, tick_step = time.time(), step
     with _StopFlag() as stop:
         while step < t.max_iters:
-            lr = lr_at(step, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for _ in range(t.grad_accum_steps):
-                with ctx_factory():
-                    _, loss = fwd(x, y)
-                loader_state = loader.state()
-                x, y = loader.get_batch()  # drawn while the device still works on this step
-                (loss / t.grad_accum_steps).backward()
+            lr = set_lr(optimizer, step, t)
+            for micro in range(t.grad_accum_steps):
+                # DDP all-reduces gradients in backward; only the last micro-step needs it
+                sync = ddp is None or micro == t.grad_accum_steps - 1
+                with contextlib.nullcontext() if sync else ddp.no_sync():
+                    with ctx_factory():
+                        _, loss = fwd(x, y)
+                    loader_state = loader.state()
+                    x, y = loader.get_batch()  # drawn while the device still works on this step
+                    (loss / t.grad_accum_steps).backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             out_of_time = t.time_limit > 0 and time.time() - launch >= t.time_limit
-            last = step == t.max_iters or out_of_time or stop.requested
+            interrupted = stop.requested
+            if dist.enabled:  # every rank must take the same branch; agree at log steps only (a sync)
+                if step % t.log_interval == 0 or step == t.max_iters:
+                    out_of_time, interrupted = D.any_flags(dist, [out_of_time, interrupted], device)
+                else:
+                    out_of_time = interrupted = False
+            last = step == t.max_iters or out_of_time or interrupted
             if step % t.log_interval == 0 or last:
-                lossf = loss.item()
+                lossf = D.mean_float(dist, loss.item(), device)
                 _check_finite(lossf, "training loss", step, run_dir)
                 now = time.time()
                 tok_s = (step - tick_step) * tokens_per_step / max(now - tick, 1e-9)
                 tick, tick_step = now, step
-                log({"kind": "train", "step": step, "loss": lossf, "lr": lr, "tokens_per_s": round(tok_s),
-                     "elapsed": round(now - launch, 3)})
-                bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                row = {"kind": "train", "step": step, "loss": lossf, "lr": lr, "tokens_per_s": round(tok_s),
+                       "elapsed": round(now - launch, 3)}
+                post = {"loss": f"{lossf:.4f}", "tok_s": f"{tok_s:,.0f}"}
+                if t.peak_flops > 0:
+                    row["mfu"] = round(mfu(tok_s, flops_tok, t.peak_flops), 4)
+                    post["mfu"] = f"{row['mfu']:.1%}"
+                log(row)
+                bar.set_postfix(post, refresh=False)
             bar.update(1)
-            if stop.requested:
+            if interrupted:
                 save(None)
                 bar.close()
                 raise Interrupted(f"interrupted at step {step}; checkpoint saved in '{run_dir}' "
@@ -289,6 +370,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
             if step % t.eval_interval == 0 or last:
                 last_eval = evaluate()
                 save(last_eval)
+                if t.stop_val_loss > 0 and last_eval["val"] <= t.stop_val_loss:
+                    stopped = "target"
+                    echo(f"val loss {last_eval['val']:.4f} <= {t.stop_val_loss:g} at step {step}, "
+                         f"{time.time() - launch:.1f} s after launch")
+                    break
             if out_of_time:
                 stopped = "time_limit"
                 echo(f"time limit of {t.time_limit:g} s reached at step {step}")

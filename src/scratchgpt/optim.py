@@ -1,0 +1,129 @@
+"""Optimizers and the learning-rate schedule.
+
+Owns `configure_optimizer` (AdamW alone, or Muon for the hidden matrices plus AdamW for the rest),
+`OptimizerSet` (several torch optimizers stepped and checkpointed as one), `lr_at` (warmup then cosine or
+linear decay) and `set_lr`. The optimizers themselves are `torch.optim.AdamW` and `torch.optim.Muon`.
+Does not own the training loop (train.py) or the file format (checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig
+from .errors import ConfigError
+
+
+class OptimizerSet:
+    """Optimizers that step together; `state_dict` numbers parameters across all of them in order, so a
+    checkpoint reads like one optimizer's (the format `checkpoint.py` writes)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        state, groups, offset = {}, [], 0
+        for o in self.optimizers:
+            sd = o.state_dict()
+            for idx, s in sd["state"].items():
+                state[idx + offset] = s
+            for g in sd["param_groups"]:
+                groups.append({**g, "params": [i + offset for i in g["params"]]})
+            offset += sum(len(g["params"]) for g in sd["param_groups"])
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        groups, first, offset = sd["param_groups"], 0, 0
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"the checkpoint has {len(groups)} parameter groups, this optimizer {len(self.param_groups)}")
+        for o in self.optimizers:
+            mine = groups[first:first + len(o.param_groups)]
+            first += len(o.param_groups)
+            n = sum(len(g["params"]) for g in mine)
+            o.load_state_dict({
+                "state": {i - offset: s for i, s in sd["state"].items() if offset <= i < offset + n},
+                "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in mine],
+            })
+            offset += n
+
+
+def _adamw(groups: list[dict[str, Any]], t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=device.type == "cuda")
+
+
+def build_muon(named: list[tuple[str, nn.Parameter]], t: TrainConfig) -> torch.optim.Optimizer:
+    """torch.optim.Muon over matrices only; anything else is a ConfigError naming the parameter."""
+    if not hasattr(torch.optim, "Muon"):
+        raise ConfigError(f"train.optimizer = muon needs torch.optim.Muon, which PyTorch {torch.__version__} lacks; "
+                          "upgrade PyTorch or use train.optimizer = adamw")
+    if not named:
+        raise ConfigError("train.optimizer = muon needs hidden weight matrices, and this model has none "
+                          "(the bigram model is one table); use train.optimizer = adamw")
+    for name, p in named:
+        if p.dim() != 2:
+            raise ConfigError(f"Muon orthogonalizes 2-D matrices, but '{name}' is {p.dim()}-D {tuple(p.shape)}; "
+                              "give 1-D parameters (norms, biases) and embeddings to AdamW")
+    return torch.optim.Muon([{"params": [p for _, p in named], "muon": True}], lr=t.muon_lr,
+                            weight_decay=t.weight_decay, momentum=t.muon_momentum)
+
+
+def configure_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer | OptimizerSet:
+    """AdamW with weight decay on matrices (embeddings, linear weights) only; biases and norms are not decayed.
+
+    With train.optimizer = muon, the 2-D weights inside the Transformer blocks go to Muon (lr
+    train.muon_lr) and the embeddings, head, norms and biases stay with AdamW (lr train.learning_rate).
+    """
+    seen: set[int] = set()
+    named = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in seen:  # a tied matrix appears once
+            seen.add(id(p))
+            named.append((name, p))
+    muon: list[tuple[str, nn.Parameter]] = []
+    if t.optimizer == "muon":
+        muon = [(n, p) for n, p in named if n.startswith("h.") and p.dim() == 2]
+        muon_opt = build_muon(muon, t)
+    rest = [p for n, p in named if all(p is not q for _, q in muon)]
+    decay = [p for p in rest if p.dim() >= 2]
+    no_decay = [p for p in rest if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    adamw = _adamw(groups, t, device)
+    return OptimizerSet([adamw, muon_opt]) if muon else adamw
+
+
+def lr_at(step: int, t: TrainConfig) -> float:
+    """Linear warmup from 0 to learning_rate, then cosine (or linear) decay to min_lr, then flat."""
+    if t.lr_schedule == "constant":
+        return t.learning_rate
+    if step < t.warmup_iters:
+        return t.learning_rate * (step + 1) / (t.warmup_iters + 1)
+    decay_iters = t.lr_decay_iters or t.max_iters
+    if step >= decay_iters:
+        return t.min_lr
+    frac = (step - t.warmup_iters) / max(1, decay_iters - t.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * frac)) if t.lr_schedule == "cosine" else 1.0 - frac
+    return t.min_lr + coeff * (t.learning_rate - t.min_lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer | OptimizerSet, step: int, t: TrainConfig) -> float:
+    """Apply the schedule to every group (Muon's groups scaled to train.muon_lr); return AdamW's lr."""
+    lr = lr_at(step, t)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * (t.muon_lr / t.learning_rate) if group.get("muon") else lr
+    return lr
