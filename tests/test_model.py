@@ -1,0 +1,239 @@
+"""The models: size, tying, GPT-2 init, initial loss, shapes, causality, and attention against references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchgpt.models import GPT, BigramLanguageModel, GPTConfig, build_model
+from scratchgpt.models.gpt import CausalSelfAttention
+
+LECTURE = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
+
+
+def tiny(**kw) -> GPTConfig:
+    base = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "vocab_size": 11, "dropout": 0.0}
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def lecture_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(LECTURE)
+
+
+class TinyCache:
+    """The smallest KV cache attention accepts: per-layer keys/values concatenated along time."""
+
+    def __init__(self):
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer in self.k:
+            k, v = torch.cat((self.k[layer], k), dim=2), torch.cat((self.v[layer], v), dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v  # (B, nh, S, hs)
+
+    @property
+    def pos(self) -> int:
+        return self.k[0].size(2) if 0 in self.k else 0
+
+
+# ---- size, tying, init ------------------------------------------------------------------------------
+
+def test_lecture_model_has_10_65m_parameters(lecture_model):
+    assert lecture_model.num_params() == 10_646_784  # position embeddings excluded, tied head counted once
+    assert lecture_model.num_params(non_embedding=False) == 10_646_784 + 256 * 384
+    assert f"{lecture_model.num_params() / 1e6:.2f}M" == "10.65M"
+
+
+def test_lm_head_is_tied_to_token_embedding(lecture_model):
+    assert lecture_model.lm_head.weight is lecture_model.wte.weight
+    untied = GPT(tiny(tie_weights=False))
+    assert untied.lm_head.weight is not untied.wte.weight
+
+
+def test_gpt2_init_statistics(lecture_model):
+    proj_std = 0.02 / math.sqrt(2 * LECTURE.n_layer)
+    stds = {"c_attn": [], "c_fc": [], "c_proj": []}
+    for name, p in lecture_model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            stds["c_proj"].append(p.std().item())
+        elif name.endswith("weight") and p.dim() == 2 and "h." in name:
+            stds[name.split(".")[-2]].append(p.std().item())
+        if p.dim() < 2:  # LayerNorm gains
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:
+            assert abs(p.mean().item()) < 1e-3, name
+    assert len(stds["c_proj"]) == 2 * LECTURE.n_layer
+    for key, values in stds.items():
+        want = proj_std if key == "c_proj" else 0.02
+        assert values and all(abs(v - want) / want < 0.05 for v in values), (key, values, want)
+    assert abs(lecture_model.wte.weight.std().item() - 0.02) < 0.001
+    assert abs(lecture_model.wpe.weight.std().item() - 0.02) < 0.001
+
+
+def test_biases_are_zero_when_enabled():
+    model = GPT(tiny(bias=True))
+    biases = [(n, p) for n, p in model.named_parameters() if n.endswith("bias")]
+    assert len(biases) == 2 * 6 + 1  # per block: ln_1, c_attn, c_proj, ln_2, c_fc, c_proj; plus ln_f
+    for name, p in biases:
+        assert torch.count_nonzero(p) == 0, name
+
+
+def test_initial_loss_near_ln_vocab(shakespeare_dir):
+    from scratchgpt.data import BatchLoader
+
+    x, y = BatchLoader(shakespeare_dir, "train", 64, 8, seed=3).get_batch()
+    torch.manual_seed(1)
+    gpt = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=64, vocab_size=65)).eval()
+    with torch.no_grad():
+        _, gpt_loss = gpt(x, y)
+    assert abs(gpt_loss.item() - math.log(65)) < 0.1
+    bigram = BigramLanguageModel(65).eval()
+    with torch.no_grad():
+        _, bigram_loss = bigram(x, y)
+    # the lecture's bigram table starts N(0, 1), not uniform: the expected excess over ln(65) is about
+    # var / 2 = 0.5 (the lecture prints 4.87), so it starts near, but above, ln(65)
+    assert math.log(65) < bigram_loss.item() < math.log(65) + 0.8
+
+
+# ---- forward ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["gpt", "bigram"])
+def test_output_shapes(arch):
+    from scratchgpt.config import ModelConfig
+
+    model = build_model(ModelConfig(**{**tiny().__dict__, "arch": arch}))
+    idx = torch.randint(11, (3, 7))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 7, 11) and loss is None
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 7, 11) and loss.shape == () and torch.isfinite(loss)
+    logits, _ = model(idx, last_only=True)
+    assert logits.shape == (3, 1, 11)
+
+
+def test_sequence_longer_than_block_is_refused():
+    with pytest.raises(ValueError, match="block_size"):
+        GPT(tiny(block_size=8))(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_future_tokens_do_not_change_past_logits(pos_emb):
+    torch.manual_seed(0)
+    model = GPT(tiny(pos_emb=pos_emb, n_layer=3)).eval()
+    idx = torch.randint(11, (2, 12))
+    with torch.no_grad():
+        base, _ = model(idx)
+        for t in (0, 5, 11):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % 11
+            out, _ = model(changed)
+            assert torch.equal(out[:, :t], base[:, :t]), t
+            assert not torch.allclose(out[:, t], base[:, t])
+
+
+# ---- the lecture's self-attention trick ---------------------------------------------------------------
+
+def test_three_ways_to_average_the_past_agree():
+    torch.manual_seed(1337)
+    B, T, C = 4, 8, 2
+    x = torch.randn(B, T, C)
+    # version 1: a for loop over the past
+    xbow = torch.zeros(B, T, C)
+    for b in range(B):
+        for t in range(T):
+            xbow[b, t] = x[b, : t + 1].mean(0)
+    # version 2: a lower-triangular matrix of weights that sum to one
+    wei = torch.tril(torch.ones(T, T))
+    wei = wei / wei.sum(1, keepdim=True)
+    xbow2 = wei @ x  # (T, T) @ (B, T, C) -> (B, T, C)
+    # version 3: masked softmax of zero affinities
+    tril = torch.tril(torch.ones(T, T))
+    wei3 = torch.zeros(T, T).masked_fill(tril == 0, float("-inf"))
+    wei3 = F.softmax(wei3, dim=-1)
+    xbow3 = wei3 @ x
+    assert torch.allclose(xbow, xbow2, atol=1e-6)
+    assert torch.allclose(xbow, xbow3, atol=1e-6)
+    assert torch.allclose(wei, wei3)
+
+
+def naive_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """Each head by hand: q @ k^T * hs**-0.5, mask the future with -inf, softmax, @ v; concat; c_proj."""
+    B, T, C = x.shape
+    nh = attn.n_head
+    hs = C // nh
+    q, k, v = attn.c_attn(x).split(C, dim=2)
+    tril = torch.tril(torch.ones(T, T))
+    heads = []
+    for h in range(nh):
+        qh, kh, vh = (z[:, :, h * hs : (h + 1) * hs] for z in (q, k, v))  # (B, T, hs)
+        wei = qh @ kh.transpose(-2, -1) * hs**-0.5  # (B, T, T)
+        wei = wei.masked_fill(tril == 0, float("-inf"))
+        wei = F.softmax(wei, dim=-1)
+        heads.append(wei @ vh)  # (B, T, hs)
+    return attn.c_proj(torch.cat(heads, dim=-1))
+
+
+@pytest.mark.parametrize("n_head", [1, 2, 4, 8])
+def test_attention_matches_naive_masked_softmax(n_head):
+    torch.manual_seed(n_head)
+    attn = CausalSelfAttention(tiny(n_embd=32, n_head=n_head, dropout=0.1, bias=True)).eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.3)  # non-trivial weights and biases, so softmax is far from uniform
+        x = torch.randn(3, 13, 32)
+        got = attn(x)
+        want = naive_attention(attn, x)
+    assert got.shape == (3, 13, 32)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_attention_with_kv_cache_token_by_token_equals_full():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(tiny(n_embd=32, n_head=4)).eval()
+    x = torch.randn(2, 10, 32)
+    with torch.no_grad():
+        full = attn(x)
+        cache = TinyCache()
+        steps = [attn(x[:, t : t + 1], cache=cache, layer=0) for t in range(10)]
+        # a chunk after a cached prefix takes the explicit-mask path
+        cache2 = TinyCache()
+        chunks = [attn(x[:, :4], cache=cache2, layer=0), attn(x[:, 4:7], cache=cache2, layer=0),
+                  attn(x[:, 7:], cache=cache2, layer=0)]
+    assert cache.pos == 10
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_gpt_with_kv_cache_token_by_token_equals_full(pos_emb):
+    torch.manual_seed(0)
+    model = GPT(tiny(pos_emb=pos_emb, n_layer=3)).eval()
+    idx = torch.randint(11, (2, 16))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = TinyCache()
+        steps = [model(idx[:, t : t + 1], cache=cache)[0] for t in range(16)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_dropout_only_in_train_mode():
+    torch.manual_seed(0)
+    model = GPT(tiny(dropout=0.5))
+    idx = torch.randint(11, (2, 8))
+    model.eval()
+    with torch.no_grad():
+        a, b = model(idx)[0], model(idx)[0]
+    assert torch.equal(a, b)
+    model.train()
+    with torch.no_grad():
+        c = model(idx)[0]
+    assert not np.allclose(a.numpy(), c.numpy())
