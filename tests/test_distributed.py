@@ -1,0 +1,185 @@
+"""Data-parallel training on CPU with gloo: 2 ranks x B/2 follow 1 rank x B, resume across world sizes,
+a dead rank ends the job with one sentence, and launches that cannot work are refused up front."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scratchgpt.cli import main as cli_main
+from scratchgpt.config import from_dict
+from scratchgpt.data import BatchLoader
+from scratchgpt.distributed import DistributedError, shard_bounds
+from scratchgpt.train import train
+
+# a dropout-free model so that 2 ranks and 1 process compute the same thing up to summation order;
+# grad_accum 2 exercises no_sync, an odd eval batch splits unevenly over the ranks
+MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "dropout": 0.0}
+TRAIN = {"batch_size": 8, "grad_accum_steps": 2, "eval_interval": 6, "eval_iters": 2, "eval_batch_size": 7,
+         "full_val": True, "log_interval": 1, "warmup_iters": 2, "lr_decay_iters": 12, "device": "cpu",
+         "dtype": "float32", "threads": 1, "dist_timeout": 20.0}
+TOL = 1e-5  # float reduction order differs between one process and all-reduced shards
+
+
+def _config(data_dir: Path, **train_over):
+    return from_dict({"data": {"dir": str(data_dir)}, "model": MODEL, "train": {**TRAIN, **train_over}}, name="dist")
+
+
+def _recipe(tmp: Path, data_dir: Path) -> Path:
+    body = [f'[data]\ndir = "{data_dir}"', "[model]", *(f"{k} = {json.dumps(v)}" for k, v in MODEL.items()), "[train]"]
+    body += [f"{k} = {json.dumps(v)}" for k, v in TRAIN.items()]
+    path = tmp / "dist.toml"
+    path.write_text("\n".join(body) + "\n", encoding="utf-8")
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _torchrun(nproc: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "scratchgpt.cli", "train", "--quiet", *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _curve(run_dir: Path, kind: str = "train") -> dict[int, float]:
+    key = "loss" if kind == "train" else "val_loss"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if r["kind"] == kind}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(small_text_dir, tmp_path_factory):
+    """One process, 12 steps straight; two ranks, the first 6 steps (checkpoint at 6)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    one = train(_config(small_text_dir, max_iters=12), out_dir=tmp / "one", progress=False)
+    recipe = _recipe(tmp, small_text_dir)
+    r = _torchrun(2, str(recipe), "--out", str(tmp / "two6"), "--train.max_iters=6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"tmp": tmp, "data": small_text_dir, "one": one.run_dir, "two6": tmp / "two6", "stderr": r.stderr}
+
+
+def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
+    one, two = _curve(runs["one"]), _curve(runs["two6"])
+    assert sorted(two) == list(range(1, 7))
+    np.testing.assert_allclose([two[s] for s in two], [one[s] for s in two], rtol=TOL)
+    np.testing.assert_allclose(_curve(runs["two6"], "eval")[6], _curve(runs["one"], "eval")[6], rtol=TOL)
+    assert runs["stderr"].count("step 6: train loss") == 1  # only rank 0 speaks
+    assert "Traceback" not in runs["stderr"]
+
+
+def test_two_rank_run_resumes_on_two_ranks_and_on_one(runs):
+    tmp = runs["tmp"]
+    on_two, on_one = tmp / "resume2", tmp / "resume1"
+    shutil.copytree(runs["two6"], on_two)
+    shutil.copytree(runs["two6"], on_one)
+    r = _torchrun(2, "--resume", str(on_two), "--train.max_iters=12")
+    assert r.returncode == 0, r.stderr[-3000:]
+    from scratchgpt.checkpoint import read_config
+
+    train(read_config(on_one, ["--train.max_iters=12"]), resume=on_one, progress=False)
+    straight = _curve(runs["one"])
+    for resumed in (on_two, on_one):
+        curve = _curve(resumed)
+        assert sorted(curve) == list(range(1, 13))  # the log reads as one run
+        np.testing.assert_allclose([curve[s] for s in range(7, 13)], [straight[s] for s in range(7, 13)], rtol=TOL)
+        np.testing.assert_allclose(_curve(resumed, "eval")[12], _curve(runs["one"], "eval")[12], rtol=TOL)
+    state = json.loads((on_two / "trainer_state.json").read_text())
+    assert state["step"] == 12 and state["world_size"] == 2
+
+
+def test_a_rank_that_dies_ends_the_job_with_one_sentence(runs, tmp_path):
+    """Rank 1 exits mid-run; rank 0 must stop with a clear error, not hang (no torchrun to rescue it)."""
+    port = _free_port()
+    args = ["train", str(_recipe(tmp_path, runs["data"])), "--out", str(tmp_path / "run"), "--quiet",
+            "--train.max_iters=50", "--train.eval_interval=50", "--train.dist_timeout=15"]
+    # rank 1 dies with exit code 0 after a few batches, as a rank that returns early would
+    dying = ("import os, sys; from scratchgpt import data; from scratchgpt.cli import main\n"
+             "get, n = data.BatchLoader.get_batch, [0]\n"
+             "def dead(self):\n    n[0] += 1\n    if n[0] == 5: os._exit(0)\n    return get(self)\n"
+             "data.BatchLoader.get_batch = dead\nsys.exit(main(sys.argv[1:]))\n")
+    procs = []
+    start = time.time()
+    for rank in (0, 1):
+        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        cmd = [sys.executable, "-m", "scratchgpt.cli", *args] if rank == 0 else [sys.executable, "-c", dying, *args]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        _, err = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert procs[0].returncode == 2, err[-3000:]
+    assert "error: rank 0 lost contact with the other ranks" in err
+    assert "Traceback" not in err
+    assert time.time() - start < 120
+
+
+def test_world_size_that_does_not_divide_the_batch_is_one_sentence(small_text_dir, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(DistributedError, match=r"batch_size \(8\) is the global batch .* 3 processes"):
+        train(_config(small_text_dir), out_dir=tmp_path / "x", progress=False)
+    recipe = _recipe(tmp_path, small_text_dir)
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.batch_size (8)") and "Traceback" not in err
+
+
+def test_missing_rendezvous_is_one_sentence(small_text_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(DistributedError, match="MASTER_ADDR and MASTER_PORT are not set.*torchrun"):
+        train(_config(small_text_dir), out_dir=tmp_path / "x", progress=False)
+
+
+def test_rendezvous_that_never_completes_times_out(small_text_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    start = time.time()
+    with pytest.raises(DistributedError, match="could not meet the other ranks .* within 2 s"):
+        train(_config(small_text_dir, dist_timeout=2.0), out_dir=tmp_path / "x", progress=False)
+    assert time.time() - start < 60
+
+
+@given(n=st.integers(0, 200), world=st.integers(1, 9))
+def test_shards_cover_a_batch_once(n, world):
+    rows = [r for rank in range(world) for r in range(*shard_bounds(n, rank, world))]
+    assert rows == list(range(n))
+
+
+def test_sharded_loaders_together_draw_the_unsharded_batch(small_text_dir):
+    whole = BatchLoader(small_text_dir, "train", 8, 6, seed=3)
+    parts = [BatchLoader(small_text_dir, "train", 8, 6, seed=3, shard=(r, 4)) for r in range(4)]
+    for _ in range(3):
+        x, y = whole.get_batch()
+        xs, ys = zip(*(p.get_batch() for p in parts), strict=True)
+        assert [len(p) for p in xs] == [1, 2, 1, 2]
+        assert (np.concatenate(xs) == x.numpy()).all() and (np.concatenate(ys) == y.numpy()).all()
+    assert all((p.state() == whole.state()).all() for p in parts)  # one stream, whatever the world size
