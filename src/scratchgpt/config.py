@@ -112,12 +112,24 @@ def _check_value(key: str, value: Any, typ: type) -> Any:
     return value
 
 
+def _suggest_key(key: str) -> str:
+    """The closest valid dotted key, compared within its section when that exists: the shared 'train.'
+    prefix would otherwise make any key in it look close to some other."""
+    section, _, name = key.partition(".")
+    elsewhere = [s for s, c in SECTIONS.items() if name in _field_types(c)]
+    if elsewhere:  # the right key in the wrong section
+        return f" (did you mean '{elsewhere[0]}.{name}'?)"
+    if section in SECTIONS and "." not in name:
+        return closest(name, _field_types(SECTIONS[section]), prefix=f"{section}.")
+    return closest(key, [f"{s}.{f}" for s, c in SECTIONS.items() for f in _field_types(c)])
+
+
 def _section(name: str, raw: dict[str, Any], cls: type) -> Any:
     types_ = _field_types(cls)
     values = {}
     for key, value in raw.items():
         if key not in types_:
-            raise ConfigError(f"unknown key '{name}.{key}'{closest(f'{name}.{key}', (f'{name}.{k}' for k in types_))}")
+            raise ConfigError(f"unknown key '{name}.{key}'{_suggest_key(f'{name}.{key}')}")
         values[key] = _check_value(f"{name}.{key}", value, types_[key])
     return cls(**values)
 
@@ -163,9 +175,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for arg in overrides:
         key, value = parse_override(arg)
         parts = key.split(".")
-        valid = [f"{s}.{f}" for s, c in SECTIONS.items() for f in _field_types(c)]
         if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in _field_types(SECTIONS[parts[0]]):
-            raise ConfigError(f"unknown key '{key}'{closest(key, valid)}")
+            raise ConfigError(f"unknown key '{key}'{_suggest_key(key)}")
         raw.setdefault(parts[0], {})[parts[1]] = value
     return raw
 

@@ -36,7 +36,7 @@ class Interrupted(UserError):
     exit_code = 130
 
 
-def closest(name: str, choices: Iterable[str]) -> str:
-    """Return ' (did you mean 'x'?)' for the nearest choice, or '' when nothing is close."""
+def closest(name: str, choices: Iterable[str], prefix: str = "") -> str:
+    """Return ' (did you mean 'x'?)' for the nearest choice (shown after prefix), or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    return f" (did you mean '{prefix}{match[0]}'?)" if match else ""
