@@ -42,9 +42,21 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str], launch: float) ->
         cfg = read_config(args.resume, overrides)
     else:
         raise UserError("`train` needs a recipe (e.g. configs/shakespeare_char_cpu.toml) or --resume RUN_DIR")
+    from .console import echo
+
     result = train(cfg, out_dir=args.out, resume=args.resume, launch_time=launch, progress=not args.quiet)
-    print(f"done: step {result.step}, best val loss {result.best_val:.4f}, {result.elapsed:.1f} s; "
-          f"run directory {result.run_dir}", file=sys.stderr)
+    echo(f"done: step {result.step}, best val loss {result.best_val:.4f}, {result.elapsed:.1f} s; "
+         f"run directory {result.run_dir}")  # rank 0 only under torchrun
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .bench import bench_train, format_table, with_overrides
+    from .config import load_recipe
+
+    cfg = with_overrides(load_recipe(args.config, overrides), args.batch_size, args.device)
+    peak = args.peak_flops if args.peak_flops is not None else cfg.train.peak_flops
+    print(format_table([bench_train(cfg, args.steps, args.warmup, peak)]))
     return 0
 
 
@@ -119,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", help="run directory (default runs/<recipe name>)")
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    pb = sub.add_parser("bench", help="training speed of a recipe on random tokens: tokens/s, ms/step, MFU, memory")
+    pb.add_argument("config", help="recipe, e.g. configs/gpt2_124m_bench.toml; --section.key=value overrides any key")
+    pb.add_argument("--steps", type=int, default=20, help="timed steps")
+    pb.add_argument("--warmup", type=int, default=5, help="untimed steps first (torch.compile compiles here)")
+    pb.add_argument("--batch-size", type=int, default=None, help="train.batch_size for this run")
+    pb.add_argument("--device", default=None, help="train.device for this run: auto | cpu | cuda | mps")
+    pb.add_argument("--peak-flops", type=float, default=None,
+                    help="the device's peak FLOP/s, for MFU (default train.peak_flops; 0 or unset: no MFU)")
+
     ps = sub.add_parser("sample", help="stream text from a trained run")
     ps.add_argument("run_dir")
     ps.add_argument("--prompt", help="text to continue (default: a newline)")
@@ -152,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, rest = parser.parse_known_args(argv)
-        if args.command == "train":
+        if args.command in ("train", "bench"):
             bad = [a for a in rest if not (a.startswith("--") and "." in a.split("=", 1)[0])]
             if bad:
                 parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --train.max_iters=2000)")
-            return _cmd_train(args, rest, launch)
+            return _cmd_train(args, rest, launch) if args.command == "train" else _cmd_bench(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "prepare":

@@ -1,0 +1,140 @@
+"""Training speed on random tokens: tokens/s, ms per step, MFU and peak memory for a recipe.
+
+Owns `bench_train` (one process, the trainer's own pieces: model, optimizer, autocast, compile, gradient
+accumulation and clipping, on random tokens so that no data is needed; warm-up steps, where compilation
+happens, are not timed), `BenchResult` and `format_table`. Does not read data, write runs or know any
+device's peak FLOP/s: MFU is reported only against the peak the caller passes.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from .checkpoint import resolved_model_config
+from .config import Config
+from .data import load_meta
+from .errors import DataError, UserError
+from .flops import flops_per_token, matmul_params, mfu
+from .models import build_model
+from .optim import configure_optimizer, set_lr
+from .train import autocast_context, resolve_device
+
+GPT2_VOCAB = 50304  # GPT-2's 50257 padded to a multiple of 64, the usual speed choice
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    name: str
+    device: str
+    params: int
+    batch_size: int
+    block_size: int
+    grad_accum_steps: int
+    steps: int
+    tokens_per_s: float
+    ms_per_step: float
+    mfu: float | None  # None when no peak was given
+    peak_memory: int | None  # bytes: CUDA max_memory_allocated, else the process's peak RSS
+    memory_kind: str  # cuda | rss | n/a
+    final_loss: float
+
+
+def _vocab(cfg: Config) -> int:
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    try:
+        return int(load_meta(cfg.data.dir)["vocab_size"])
+    except DataError:
+        raise UserError(f"'{cfg.data.dir}' is not prepared, so the vocabulary size is unknown; random tokens need "
+                        f"only that: pass --model.vocab_size=N (65 for tiny Shakespeare char, {GPT2_VOCAB} for GPT-2)") from None
+
+
+def bench_train(cfg: Config, steps: int = 20, warmup: int = 5, peak_flops: float = 0.0) -> BenchResult:
+    """Time `steps` optimizer steps of cfg's model on random tokens after `warmup` untimed ones."""
+    if steps <= 0 or warmup < 0:
+        raise UserError(f"bench needs a positive number of steps and no negative warm-up, got {steps} and {warmup}")
+    cfg = resolved_model_config(cfg, _vocab(cfg))
+    t, m = cfg.train, cfg.model
+    device = resolve_device(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(t.seed)
+    model = build_model(m).to(device)
+    optimizer = configure_optimizer(model, t, device)
+    fwd = torch.compile(model) if t.compile else model
+    ctx = autocast_context(device, t.dtype)
+    gen = torch.Generator(device=device).manual_seed(t.seed)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        xy = torch.randint(m.vocab_size, (t.batch_size, m.block_size + 1), generator=gen, device=device)
+        return xy[:, :-1], xy[:, 1:]  # (B, T) each
+
+    def step(i: int) -> torch.Tensor:
+        set_lr(optimizer, i, t)
+        for _ in range(t.grad_accum_steps):
+            x, y = batch()
+            with ctx:
+                _, loss = fwd(x, y)
+            (loss / t.grad_accum_steps).backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    for i in range(warmup):
+        step(i)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        loss = step(i)
+    final = loss.item()  # waits for the last step
+    sync()
+    elapsed = time.perf_counter() - start
+    tokens = steps * t.batch_size * m.block_size * t.grad_accum_steps
+    tok_s = tokens / elapsed
+    if device.type == "cuda":
+        mem, kind = torch.cuda.max_memory_allocated(), "cuda"
+    elif sys.platform.startswith("linux"):
+        mem, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss"  # Linux reports KiB
+    else:
+        mem, kind = None, "n/a"
+    fpt = flops_per_token(m, matmul_params(model))
+    return BenchResult(cfg.name, str(device), model.num_params(), t.batch_size, m.block_size, t.grad_accum_steps,
+                       steps, tok_s, 1000 * elapsed / steps, mfu(tok_s, fpt, peak_flops) if peak_flops > 0 else None,
+                       mem, kind, final)
+
+
+def with_overrides(cfg: Config, batch_size: int | None = None, device: str | None = None) -> Config:
+    """cfg with the bench command's shortcuts applied (None leaves a key as the recipe has it)."""
+    t = cfg.train
+    return replace(cfg, train=replace(t, batch_size=batch_size or t.batch_size, device=device or t.device))
+
+
+def format_table(results: list[BenchResult]) -> str:
+    """A plain-text table, one row per result."""
+    head = ["config", "device", "params", "batch x block x accum", "tokens/s", "ms/step", "MFU", "peak memory"]
+    rows = [head]
+    for r in results:
+        mem = "n/a" if r.peak_memory is None else f"{r.peak_memory / 2**30:.2f} GiB" + (" RSS" if r.memory_kind == "rss" else "")
+        rows.append([r.name, r.device, f"{r.params / 1e6:.2f}M", f"{r.batch_size} x {r.block_size} x {r.grad_accum_steps}",
+                     f"{r.tokens_per_s:,.0f}", f"{r.ms_per_step:.1f}", "n/a" if r.mfu is None else f"{r.mfu:.1%}", mem])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
