@@ -221,6 +221,20 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"state dict does not fit the model: missing {missing}, unexpected {unexpected}")
 
 
+def build_loaded(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model holding state's tensors, built on the meta device: no time goes into a random init that
+    would be overwritten (seconds for gpt2-xl)."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_weights:
+        model.lm_head.weight = model.wte.weight  # assign replaced wte's parameter: tie the head again
+        missing = [n for n in missing if n != "lm_head.weight"]
+    if missing or unexpected or any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise RuntimeError(f"state dict does not fit the model: missing {missing}, unexpected {unexpected}")
+    return model
+
+
 # ---- using it: training from it, writing a run directory --------------------------------------------
 
 def apply_init_from(cfg: Config, data_tokenizer: Tokenizer) -> tuple[Config, dict[str, torch.Tensor]]:
@@ -263,8 +277,7 @@ def import_hf(source: str, out: str | Path, force: bool = False) -> tuple[Path, 
     local = Path(source).expanduser()
     _check_out(out, force, keep=local if local.is_dir() else None)
     model_cfg, state, tok = load_pretrained(source)
-    model = build_model(model_cfg)
-    load_state(model, state)
+    model = build_loaded(model_cfg, state)
     cfg = Config(name=out.name, data=DataConfig(dir=""), model=model_cfg)
     with atomic_dir(out) as tmp:
         ckpt.write_run_header(tmp, cfg, tok, model.num_params())
@@ -342,5 +355,5 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", force: 
     return out, note
 
 
-__all__ = ["HUB_NAMES", "apply_init_from", "export_hf", "import_hf", "load_pretrained", "load_state",
+__all__ = ["HUB_NAMES", "apply_init_from", "build_loaded", "export_hf", "import_hf", "load_pretrained", "load_state",
            "state_from_hf", "state_to_hf"]
