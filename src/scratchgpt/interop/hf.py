@@ -92,7 +92,8 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"'{path}' is not a JSON object")
     kind = hf.get("model_type")
     if kind != "gpt2":
-        arch = ", ".join(hf.get("architectures") or []) or "unknown architecture"
+        archs = hf.get("architectures")
+        arch = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "unknown architecture"
         raise CheckpointError(f"'{directory}' holds a {kind or 'model'} checkpoint ({arch}); only GPT-2 "
                               "(model_type 'gpt2') can be imported")
     return hf
@@ -110,12 +111,14 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
     n_layer, n_head, n_embd = get_int("n_layer"), get_int("n_head"), get_int("n_embd")
     n_positions, vocab_size = get_int("n_positions", "n_ctx"), get_int("vocab_size")
     act = hf.get("activation_function", "gelu_new")
+    eps = hf.get("layer_norm_epsilon", LN_EPS)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise CheckpointError(f"config.json of '{source}' has a layer_norm_epsilon that is not a number: {eps!r}")
     refusals = [
         (n_embd % n_head != 0, f"n_embd {n_embd} is not divisible by n_head {n_head}"),
         (hf.get("n_inner") not in (None, 4 * n_embd), f"n_inner {hf.get('n_inner')} is not 4 * n_embd"),
-        (act not in ACT_IN, f"activation_function {act!r} is not one of {', '.join(ACT_IN)}"),
-        (not math.isclose(float(hf.get("layer_norm_epsilon", LN_EPS)), LN_EPS, rel_tol=1e-6),
-         f"layer_norm_epsilon {hf.get('layer_norm_epsilon')} is not {LN_EPS}"),
+        (not isinstance(act, str) or act not in ACT_IN, f"activation_function {act!r} is not one of {', '.join(ACT_IN)}"),
+        (not math.isclose(eps, LN_EPS, rel_tol=1e-6), f"layer_norm_epsilon {eps} is not {LN_EPS}"),
         (hf.get("scale_attn_weights", True) is not True, "scale_attn_weights is off"),
         (bool(hf.get("scale_attn_by_inverse_layer_idx", False)), "scale_attn_by_inverse_layer_idx is on"),
         (bool(hf.get("add_cross_attention", False)), "it has cross-attention"),
