@@ -13,18 +13,38 @@ from pathlib import Path
 
 from .errors import UserError
 
+CORPUS_OPTIONS = ("text_field", "txt_docs", "shard_tokens", "workers", "hf_config", "hf_split")
+
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .corpus import prepare_corpus, wants_corpus
     from .data import prepare_shakespeare_char, prepare_text
 
+    inputs = args.input or []
     if args.dataset == "shakespeare_char":
-        meta = prepare_shakespeare_char(args.input, args.out or "data/shakespeare_char")
+        if len(inputs) > 1:
+            raise UserError("`prepare shakespeare_char` takes one --input FILE")
+        meta = prepare_shakespeare_char(inputs[0] if inputs else None, args.out or "data/shakespeare_char")
         out = args.out or "data/shakespeare_char"
     else:
-        if not args.input:
-            raise UserError("`prepare text` needs --input FILE")
-        out = args.out or f"data/{Path(args.input).stem}"
-        meta = prepare_text(args.input, out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+        if not inputs:
+            raise UserError("`prepare text` needs --input FILE, DIRECTORY or hf:DATASET")
+        out = args.out or f"data/{Path(inputs[0].removeprefix('hf:')).stem}"
+        options = {k: getattr(args, k) for k in CORPUS_OPTIONS if getattr(args, k) is not None}
+        if wants_corpus(inputs, options):
+            done = prepare_corpus(inputs, out, args.tokenizer, val_fraction=args.val_fraction,
+                                  block_size=args.block_size, progress=True, **options)
+            m = done.meta
+            if done.skipped:
+                print(f"{out} is already prepared from these inputs, tokenizer and options; nothing to do",
+                      file=sys.stderr)
+            else:
+                n_shards = sum(len(v) for v in m["shards"].values())
+                print(f"wrote {out}: vocab {m['vocab_size']}, {m['train_tokens']:,} train and {m['val_tokens']:,} "
+                      f"val tokens ({m['dtype']}) from {m['train_documents'] + m['val_documents']:,} documents "
+                      f"in {n_shards} shards", file=sys.stderr)
+            return 0
+        meta = prepare_text(inputs[0], out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
                             block_size=args.block_size)
     print(f"wrote {out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train and "
           f"{meta['val_tokens']:,} val tokens ({meta['dtype']})", file=sys.stderr)
@@ -119,11 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     pp = sub.add_parser("prepare", help="tokenize a corpus into data/<name>/ (train.bin, val.bin, meta.json)")
     pp.add_argument("dataset", choices=["shakespeare_char", "text"])
-    pp.add_argument("--input", help="input text file (shakespeare_char: else $SCRATCHGPT_TINYSHAKESPEARE, else download)")
+    pp.add_argument("--input", nargs="+", action="extend", metavar="PATH",
+                    help="text: .txt, .jsonl or .parquet files, directories of them, or hf:DATASET (streamed into "
+                         "shards unless it is one small text file); shakespeare_char: input.txt, else "
+                         "$SCRATCHGPT_TINYSHAKESPEARE, else download")
     pp.add_argument("--out", help="output directory (default data/<name>)")
     pp.add_argument("--tokenizer", default="char", help="tokenizer (char)")
-    pp.add_argument("--val-fraction", type=float, default=0.1, help="share of the text kept for validation (end)")
+    pp.add_argument("--val-fraction", type=float, default=0.1,
+                    help="share kept for validation: the end of one small file, else that share of documents")
     pp.add_argument("--block-size", type=int, default=8, help="refuse text whose splits are shorter than one block")
+    pp.add_argument("--text-field", help="JSONL field / Parquet or dataset column holding the text (default text)")
+    pp.add_argument("--txt-docs", choices=["paragraph", "file", "line"],
+                    help="what a document is in a .txt file: blank-line separated blocks (default), the file, a line")
+    pp.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
+    pp.add_argument("--workers", type=int, help="tokenizer processes (default: every core)")
+    pp.add_argument("--hf-config", help="configuration of an hf:DATASET input (e.g. sample-10BT)")
+    pp.add_argument("--hf-split", help="split of an hf:DATASET input (default train)")
 
     pt = sub.add_parser("train", help="train a model from a TOML recipe; --section.key=value overrides any key")
     pt.add_argument("config", nargs="?", help="recipe, e.g. configs/shakespeare_char_cpu.toml")

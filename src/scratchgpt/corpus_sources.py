@@ -128,8 +128,8 @@ def _txt_pieces(path: Path, mode: str) -> Iterator[tuple[str, bool]]:
     try:
         with open(path, encoding="utf-8") as f:
             while chunk := f.readline(PIECE_CHARS):  # at most PIECE_CHARS at a time, even for one long line
-                if mode == "paragraph" and chunk.endswith("\n") and not chunk.strip():
-                    if buf or open_doc:
+                if mode != "file" and chunk.endswith("\n") and not chunk.strip():  # a blank line
+                    if mode == "paragraph" and (buf or open_doc):
                         yield flush(True), True
                         open_doc = False
                     continue
