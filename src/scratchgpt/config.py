@@ -63,7 +63,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)
     muon_lr: float = 0.02  # Muon's peak lr; it follows the same warmup and decay as learning_rate
     muon_momentum: float = 0.95
-    peak_flops: float = 0.0  # the device's peak FLOP/s (e.g. 989e12 for an H100's dense bf16); 0: no MFU
+    peak_flops: float = 0.0  # one device's peak FLOP/s (e.g. 989e12: H100 dense bf16) for MFU per device; 0: none
     dist_timeout: float = 300.0  # seconds any collective (and the rendezvous) may wait for the other ranks
     out_dir: str = ""  # default runs/<recipe name>
 

@@ -357,7 +357,7 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
                        "elapsed": round(now - launch, 3)}
                 post = {"loss": f"{lossf:.4f}", "tok_s": f"{tok_s:,.0f}"}
                 if t.peak_flops > 0:
-                    row["mfu"] = round(mfu(tok_s, flops_tok, t.peak_flops), 4)
+                    row["mfu"] = round(mfu(tok_s / dist.world_size, flops_tok, t.peak_flops), 4)  # per device
                     post["mfu"] = f"{row['mfu']:.1%}"
                 log(row)
                 bar.set_postfix(post, refresh=False)
