@@ -2,8 +2,9 @@
 
 Owns `GPTConfig`, `CausalSelfAttention`, `MLP`, `Block` and `GPT`, written by hand because they are the
 point of the project. The defaults are the lecture's / GPT-2's model (learned positions, pre-LayerNorm,
-4x GELU MLP, tied head). Switches let the lecture's earlier steps (no MLP, no residual, no norm) and modern
-variants (rotary positions, RMSNorm, QK-norm, ReLU^2, untied head) be built from the same code.
+4x GELU MLP, tied head). Switches let the lecture's earlier steps (no MLP, no residual, no norm, no attention
+output projection) and modern variants (rotary positions, RMSNorm, QK-norm, ReLU^2, untied head) be built
+from the same code.
 Does not own sampling policy, the KV cache's storage (the engine passes a cache object in), or weights I/O.
 """
 
@@ -34,6 +35,7 @@ class GPTConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm | none
     mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's tanh approximation) | relu | relu2 | none
     residual: bool = True
+    attn_proj: bool = True  # output projection after attention (the lecture adds it with residuals)
     qk_norm: bool = False
     rope_base: float = 10000.0
     init_std: float = 0.02
@@ -91,7 +93,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads at once
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        # without it the heads' outputs go on concatenated, as in the lecture before residuals
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.attn_proj else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
         self.q_norm = make_norm("rmsnorm", self.head_dim, False) if cfg.qk_norm else None
@@ -126,7 +129,9 @@ class CausalSelfAttention(nn.Module):
                 attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        if self.c_proj is not None:
+            y = self.c_proj(y)  # (B, T, C)
+        return self.resid_dropout(y)
 
 
 class MLP(nn.Module):

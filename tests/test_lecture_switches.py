@@ -1,0 +1,195 @@
+"""The model switches the lecture's steps need, each against what it claims, the lecture's recipes, and why
+attention is scaled by 1/sqrt(head size)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scratchgpt.config import load_recipe
+from scratchgpt.models import GPT, BigramLanguageModel, GPTConfig, build_model
+from scratchgpt.models.gpt import Block, CausalSelfAttention, RMSNorm
+
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "lecture"
+
+
+def cfg(**kw) -> GPTConfig:
+    base = {"n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": 8, "vocab_size": 65, "dropout": 0.0}
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def zero_(module: nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+
+
+def lecture_head(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
+    """The lecture's `Head.forward`, written out: k, q, v; scaled affinities; mask; softmax; aggregate."""
+    B, T, C = x.shape
+    k, q, v = x @ wk.T, x @ wq.T, x @ wv.T  # each (B, T, hs)
+    wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, T)
+    wei = wei.masked_fill(torch.tril(torch.ones(T, T)) == 0, float("-inf"))
+    return F.softmax(wei, dim=-1) @ v  # (B, T, hs)
+
+
+# ---- the defaults stay the lecture's final GPT ------------------------------------------------------------
+
+def test_defaults_unchanged():
+    c = GPTConfig()
+    assert (c.residual, c.attn_proj, c.norm, c.mlp, c.n_head, c.pos_emb) == (True, True, "layernorm", "gelu", 6, "learned")
+    attn = CausalSelfAttention(cfg())
+    assert isinstance(attn.c_proj, nn.Linear)
+
+
+# ---- residual off ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["none", "layernorm"])
+def test_residual_off_block_output_does_not_contain_its_input(norm):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 32)
+    on, off = Block(cfg(norm=norm, mlp="relu")), Block(cfg(norm=norm, mlp="relu", residual=False))
+    for block in (on, off):
+        zero_(block.attn)
+        zero_(block.mlp)  # attention and MLP now both output exactly zero
+        block.eval()
+    with torch.no_grad():
+        assert torch.equal(on(x), x)  # the residual stream carries the input through
+        assert torch.equal(off(x), torch.zeros_like(x))  # nothing carries it: out = mlp(attn(x))
+
+
+def test_residual_off_block_is_the_composition_of_its_parts():
+    torch.manual_seed(1)
+    block = Block(cfg(norm="none", mlp="relu", residual=False)).eval()
+    x = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        assert torch.allclose(block(x), block.mlp(block.attn(x)), atol=1e-6)
+
+
+# ---- no MLP, no LayerNorm, no projection -----------------------------------------------------------------
+
+def test_no_mlp_block_has_no_mlp_parameters():
+    torch.manual_seed(2)
+    block = Block(cfg(mlp="none")).eval()
+    assert block.mlp is None and block.ln_2 is None
+    assert not [n for n, _ in block.named_parameters() if "mlp" in n or "ln_2" in n]
+    x = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        assert torch.allclose(block(x), x + block.attn(block.ln_1(x)), atol=1e-6)
+
+
+def test_norm_none_has_no_normalisation_modules():
+    model = GPT(cfg(norm="none"))
+    assert not [m for m in model.modules() if isinstance(m, (nn.LayerNorm, RMSNorm))]
+    assert isinstance(model.ln_f, nn.Identity)
+    assert not [n for n, _ in model.named_parameters() if ".ln_" in n or n.startswith("ln_")]
+    with_ln = GPT(cfg())
+    assert sum(isinstance(m, nn.LayerNorm) for m in with_ln.modules()) == 2 * 2 + 1  # ln_1, ln_2 per block, ln_f
+
+
+def test_attn_proj_off_has_no_c_proj():
+    attn = CausalSelfAttention(cfg(attn_proj=False))
+    assert attn.c_proj is None
+    assert [n for n, _ in attn.named_parameters()] == ["c_attn.weight"]
+    n_on = sum(p.numel() for p in GPT(cfg()).parameters())
+    n_off = sum(p.numel() for p in GPT(cfg(attn_proj=False)).parameters())
+    assert n_on - n_off == 2 * 32 * 32  # one 32 x 32 projection per layer
+
+
+# ---- single head and multi-head are the lecture's Head and MultiHeadAttention ---------------------------
+
+def test_single_head_equals_the_lectures_head():
+    torch.manual_seed(3)
+    attn = CausalSelfAttention(cfg(n_head=1, attn_proj=False)).eval()
+    with torch.no_grad():
+        attn.c_attn.weight.normal_(0, 0.3)
+        wq, wk, wv = attn.c_attn.weight.split(32, dim=0)  # head size = n_embd = 32, as in the lecture's step 2
+        x = torch.randn(3, 8, 32)
+        assert torch.allclose(attn(x), lecture_head(x, wq, wk, wv), atol=1e-5)
+
+
+def test_multi_head_without_projection_is_the_concatenation_of_heads():
+    torch.manual_seed(4)
+    attn = CausalSelfAttention(cfg(n_head=4, attn_proj=False)).eval()
+    with torch.no_grad():
+        attn.c_attn.weight.normal_(0, 0.3)
+        wq, wk, wv = attn.c_attn.weight.split(32, dim=0)
+        x = torch.randn(3, 8, 32)
+        heads = [lecture_head(x, wq[h * 8:(h + 1) * 8], wk[h * 8:(h + 1) * 8], wv[h * 8:(h + 1) * 8]) for h in range(4)]
+        assert torch.allclose(attn(x), torch.cat(heads, dim=-1), atol=1e-5)  # 4 heads of 8 -> 32 wide
+
+
+# ---- why 1/sqrt(head size) ---------------------------------------------------------------------------------
+
+def test_unscaled_attention_is_near_one_hot_and_scaled_keeps_unit_variance():
+    torch.manual_seed(1337)
+    B, T, hs = 16, 16, 1024
+    q, k = torch.randn(B, T, hs), torch.randn(B, T, hs)  # unit-variance queries and keys
+    unscaled = q @ k.transpose(-2, -1)  # (B, T, T): each a sum of hs unit-variance products
+    scaled = unscaled * hs**-0.5
+    assert 0.8 * hs < unscaled.var().item() < 1.2 * hs  # variance grows with head size
+    assert 0.8 < scaled.var().item() < 1.2  # ... and the scaling brings it back to 1
+    p_unscaled, p_scaled = F.softmax(unscaled, dim=-1), F.softmax(scaled, dim=-1)
+    assert p_unscaled.max(-1).values.mean().item() > 0.9  # softmax saturates: each query looks at one key
+    assert p_scaled.max(-1).values.mean().item() < 0.5  # diffuse: information from many keys
+    assert (p_scaled > 0.01).sum(-1).float().mean().item() > 8
+
+
+def test_model_attention_is_scaled_by_inverse_sqrt_head_size():
+    """The model's attention uses the scaled scores: it equals the explicit formula at a large head size."""
+    torch.manual_seed(5)
+    attn = CausalSelfAttention(GPTConfig(n_layer=1, n_head=1, n_embd=256, block_size=8, vocab_size=65,
+                                         attn_proj=False)).eval()
+    with torch.no_grad():
+        attn.c_attn.weight.normal_(0, 256**-0.5)  # unit-variance q and k for unit-variance x
+        wq, wk, wv = attn.c_attn.weight.split(256, dim=0)
+        x = torch.randn(2, 8, 256)
+        assert torch.allclose(attn(x), lecture_head(x, wq, wk, wv), atol=1e-5)
+        unscaled = lecture_head(x, wq * 256**0.25, wk * 256**0.25, wv)  # q @ k^T without the 1/sqrt(hs)
+        assert not torch.allclose(attn(x), unscaled, atol=1e-2)
+
+
+# ---- the recipes build the lecture's steps ----------------------------------------------------------------
+
+# step -> (layers, heads, width, block, attn c_proj, MLP, residual, LayerNorms, dropout)
+EXPECTED = {
+    "2_self_attention": (1, 1, 32, 8, False, False, False, False, 0.0),
+    "3_multi_head": (1, 4, 32, 8, False, False, False, False, 0.0),
+    "4_feed_forward": (1, 4, 32, 8, False, True, False, False, 0.0),
+    "5_residual": (3, 4, 32, 8, True, True, True, False, 0.0),
+    "6_layernorm": (3, 4, 32, 8, True, True, True, True, 0.0),
+    "7_scaled_up": (6, 6, 384, 256, True, True, True, True, 0.2),
+}
+
+
+def test_bigram_recipe_is_the_lecture_bigram():
+    c = load_recipe(RECIPES / "1_bigram.toml")
+    model = build_model(replace(c.model, vocab_size=65))
+    assert isinstance(model, BigramLanguageModel)
+    assert sum(p.numel() for p in model.parameters()) == 65 * 65
+    assert (c.train.max_iters, c.train.batch_size, c.train.learning_rate, c.model.block_size) == (3000, 32, 1e-2, 8)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_lecture_recipe_builds_its_step(name):
+    c = load_recipe(RECIPES / f"{name}.toml")
+    m = c.model
+    layers, heads, width, block, proj, mlp, residual, ln, dropout = EXPECTED[name]
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (layers, heads, width, block, dropout)
+    model = build_model(replace(m, vocab_size=65))
+    assert model.lm_head.weight is not model.wte.weight  # the lecture's lm_head is its own matrix
+    blocks = list(model.h)
+    assert all((b.attn.c_proj is not None) == proj for b in blocks)
+    assert all((b.mlp is not None) == mlp for b in blocks)
+    assert all(b.residual == residual for b in blocks)
+    assert any(isinstance(x, nn.LayerNorm) for x in model.modules()) == ln
+    if mlp:
+        assert all(b.mlp.act == "relu" for b in blocks)  # the lecture's feed-forward uses ReLU
+    lr = 3e-4 if name == "7_scaled_up" else 1e-3
+    assert (c.train.max_iters, c.train.learning_rate, c.train.lr_schedule) == (5000, lr, "constant")
