@@ -1,0 +1,255 @@
+"""Training: exact resume, schedule, weight decay, accumulation, NaN guard, Ctrl-C, run artifacts, bigram."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from scratchgpt import checkpoint as ckpt
+from scratchgpt.cli import main as cli_main
+from scratchgpt.config import TrainConfig, from_dict
+from scratchgpt.errors import UserError
+from scratchgpt.models import GPT, GPTConfig
+from scratchgpt.train import configure_optimizer, lr_at, train
+
+N = 6  # steps before and after the resume point
+
+
+def rows(run: Path, kind: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def resume_config(data_dir, max_iters: int):
+    # the schedule's horizon is pinned (lr_decay_iters) so that the short run follows the long one's lr
+    return tiny_config(data_dir, max_iters=max_iters, lr_decay_iters=2 * N, eval_interval=N)
+
+
+@pytest.fixture(scope="module")
+def straight_run(small_text_dir, tmp_path_factory) -> Path:
+    """2N steps in one go (dropout 0.1, so the RNG state matters on resume)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    cfg = resume_config(small_text_dir, 2 * N)
+    assert cfg.model.dropout > 0
+    train(cfg, out_dir=out, progress=False)
+    return out
+
+
+# ---- exact resume -----------------------------------------------------------------------------------
+
+def test_resume_is_exact(straight_run, small_text_dir, tmp_path):
+    run = tmp_path / "run"
+    first = train(resume_config(small_text_dir, N), out_dir=run, progress=False)
+    assert first.step == N
+    # what `scratchgpt train --resume RUN --train.max_iters=2N` does, in a fresh model
+    cfg = ckpt.read_config(run, [f"--train.max_iters={2 * N}"])
+    second = train(cfg, resume=run, progress=False)
+    assert second.step == 2 * N
+
+    straight, resumed = rows(straight_run, "train"), rows(run, "train")
+    assert [r["step"] for r in resumed] == list(range(1, 2 * N + 1))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bit for bit, not approx
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in straight]
+    a, b = load_file(straight_run / ckpt.MODEL), load_file(run / ckpt.MODEL)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = load_file(straight_run / ckpt.STATE), load_file(run / ckpt.STATE)
+    optim = [k for k in sa if k.startswith("optim.")]
+    assert optim and all(torch.equal(sa[k], sb[k]) for k in optim)
+
+
+# ---- schedule, weight decay, accumulation -----------------------------------------------------------
+
+def test_lr_warmup_is_linear_then_cosine_to_min_lr():
+    t = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110, lr_schedule="cosine")
+    warm = [lr_at(s, t) for s in range(11)]
+    assert 0 < warm[0] < warm[9] < t.learning_rate
+    steps = [b - a for a, b in zip(warm, warm[1:], strict=False)]
+    assert all(math.isclose(d, steps[0], rel_tol=1e-9) for d in steps)  # linear, ending at learning_rate
+    assert warm[10] == t.learning_rate
+    span = t.learning_rate - t.min_lr
+    for frac in (0.25, 0.5, 0.75):  # cosine over the 100 decay steps
+        want = t.min_lr + span * (1 + math.cos(math.pi * frac)) / 2
+        assert math.isclose(lr_at(10 + int(100 * frac), t), want, rel_tol=1e-12)
+    assert math.isclose(lr_at(60, t), (1e-3 + 1e-4) / 2, rel_tol=1e-12)
+    decay = [lr_at(s, t) for s in range(10, 111)]
+    assert all(b < a for a, b in zip(decay, decay[1:], strict=False))
+    assert lr_at(110, t) == lr_at(5000, t) == t.min_lr
+
+
+def test_lr_decay_horizon_linear_and_constant():
+    t = TrainConfig(learning_rate=1e-3, min_lr=0.0, warmup_iters=0, max_iters=100, lr_decay_iters=50,
+                    lr_schedule="linear")
+    assert lr_at(0, t) == 1e-3
+    assert math.isclose(lr_at(25, t), 5e-4) and math.isclose(lr_at(40, t), 2e-4)
+    assert lr_at(50, t) == lr_at(99, t) == 0.0
+    c = replace(t, lr_schedule="constant", warmup_iters=10)
+    assert {lr_at(s, c) for s in (0, 5, 10, 50, 99)} == {1e-3}
+
+
+def test_weight_decay_applies_to_matrices_only():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11, bias=True))
+    t = TrainConfig(weight_decay=0.1, learning_rate=0.5)
+    opt = configure_optimizer(model, t, torch.device("cpu"))
+    groups = {g["weight_decay"]: g["params"] for g in opt.param_groups}
+    assert set(groups) == {0.1, 0.0}
+    assert groups[0.1] and all(p.dim() == 2 for p in groups[0.1])
+    assert groups[0.0] and all(p.dim() == 1 for p in groups[0.0])
+    all_ids = [id(p) for g in groups.values() for p in g]
+    assert sorted(all_ids) == sorted({id(p) for p in model.parameters()})  # each once; the tied matrix once
+    # with zero gradients AdamW moves nothing but the decay: matrices shrink by (1 - lr * wd), the rest stay
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        want = before[n] * (1 - 0.5 * 0.1) if p.dim() == 2 else before[n]
+        assert torch.allclose(p, want, atol=1e-7, rtol=0), n
+    assert any(n.endswith("bias") for n in before) and any("ln_" in n for n in before)
+
+
+def test_gradient_accumulation_matches_one_big_batch(small_text_dir, tmp_path):
+    # two micro-batches of 4 draw the same windows as one batch of 8, and the mean of their mean losses
+    # is the big batch's mean loss: one step must land on the same weights
+    big = tiny_config(small_text_dir, max_iters=1, batch_size=8, grad_clip=0.0, eval_iters=1)
+    big = replace(big, model=replace(big.model, dropout=0.0))
+    small = replace(big, train=replace(big.train, batch_size=4, grad_accum_steps=2))
+    train(big, out_dir=tmp_path / "big", progress=False)
+    train(small, out_dir=tmp_path / "small", progress=False)
+    a, b = load_file(tmp_path / "big" / ckpt.MODEL), load_file(tmp_path / "small" / ckpt.MODEL)
+    init = GPT(replace(big.model, vocab_size=a["wte.weight"].shape[0]))
+    assert not torch.equal(a["wte.weight"], init.wte.weight)  # it did move
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+# ---- NaN guard --------------------------------------------------------------------------------------
+
+def test_nan_loss_stops_with_user_error_and_keeps_last_checkpoint(small_text_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    # checkpoints every 4 steps; the third step after resuming (step 7) diverges, before the next save
+    train(tiny_config(small_text_dir, max_iters=4, eval_interval=4), out_dir=run, progress=False)
+    saved = {name: (run / name).read_bytes() for name in (ckpt.MODEL, ckpt.MODEL_BEST, ckpt.STATE)}
+
+    import scratchgpt.train as train_mod
+
+    real_build = train_mod.build_model
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] >= 3:  # the third training step diverges
+                logits, loss = output
+                return logits * float("nan"), loss * float("nan")
+        return output
+
+    def build_poisoned(cfg):
+        model = real_build(cfg)
+        model.register_forward_hook(poison)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build_poisoned)
+    cfg = ckpt.read_config(run, ["--train.max_iters=20"])
+    with pytest.raises(UserError) as e:
+        train(cfg, resume=run, progress=False)
+    msg = str(e.value)
+    assert "nan" in msg and "at step 7" in msg and "last good checkpoint" in msg
+    monkeypatch.undo()
+    for name, data in saved.items():
+        assert (run / name).read_bytes() == data, name
+    model, _, _ = ckpt.load_model(run, which="last")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert json.loads((run / ckpt.STATE_JSON).read_text())["step"] == 4
+
+
+# ---- run artifacts and the bigram -------------------------------------------------------------------
+
+def test_run_directory_artifacts(straight_run):
+    names = {p.name for p in straight_run.iterdir()}
+    assert {"config.json", "tokenizer.json", "model.safetensors", "model-best.safetensors",
+            "trainer_state.safetensors", "trainer_state.json", "metrics.jsonl", "loss.png"} <= names
+    assert (straight_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train_rows, eval_rows = rows(straight_run, "train"), rows(straight_run, "eval")
+    assert len(train_rows) == 2 * N and all(math.isfinite(r["loss"]) for r in train_rows)
+    assert [r["step"] for r in eval_rows] == [N, 2 * N]
+    state = json.loads((straight_run / "trainer_state.json").read_text())
+    assert state["step"] == 2 * N
+    assert state["best_val"] == min(r["val_loss"] for r in eval_rows)
+    best_step = min(eval_rows, key=lambda r: r["val_loss"])["step"]
+    from safetensors import safe_open
+
+    with safe_open(str(straight_run / ckpt.MODEL_BEST), framework="pt") as f:
+        assert int(f.metadata()["step"]) == best_step
+    for which in ("best", "last"):
+        model, tok, cfg = ckpt.load_model(straight_run, which=which)
+        assert model.config.vocab_size == tok.vocab_size
+
+
+def test_bigram_learns_the_small_corpus(small_text_dir, tmp_path):
+    cfg = from_dict({
+        "data": {"dir": str(small_text_dir)},
+        "model": {"arch": "bigram", "block_size": 8},
+        "train": {"max_iters": 300, "batch_size": 32, "learning_rate": 1e-2, "lr_schedule": "constant",
+                  "warmup_iters": 0, "weight_decay": 0.01, "grad_clip": 0.0, "eval_interval": 300, "eval_iters": 10,
+                  "log_interval": 50, "device": "cpu", "dtype": "float32"},
+    })
+    result = train(cfg, out_dir=tmp_path / "bigram", progress=False)
+    first = rows(tmp_path / "bigram", "train")[0]["loss"]
+    assert result.last_eval["val"] < 3.0 < first
+
+
+# ---- Ctrl-C -----------------------------------------------------------------------------------------
+
+def test_ctrl_c_saves_and_resume_continues(small_text_dir, tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(
+        f'[data]\ndir = "{small_text_dir}"\n'
+        "[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\ndropout = 0.1\n"
+        "[train]\nmax_iters = 1000000\nbatch_size = 4\nlog_interval = 1\neval_interval = 100000\n"
+        'eval_iters = 2\nwarmup_iters = 2\ndevice = "cpu"\n'
+    )
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "scratchgpt.cli", "train", str(recipe), "--out", str(run), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            metrics = run / "metrics.jsonl"
+            if metrics.is_file() and metrics.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted at step" in err and "--resume" in err
+    state = json.loads((run / ckpt.STATE_JSON).read_text())
+    stopped = state["step"]
+    assert stopped >= 1
+    model, _, _ = ckpt.load_model(run, which="last")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # --resume continues from the saved step (in-process: the same CLI code, without a second start-up)
+    assert cli_main(["train", "--resume", str(run), "--quiet", f"--train.max_iters={stopped + 3}"]) == 0
+    assert json.loads((run / ckpt.STATE_JSON).read_text())["step"] == stopped + 3
+    steps = [r["step"] for r in rows(run, "train")]
+    assert steps == list(range(1, stopped + 4))
