@@ -279,8 +279,8 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
         monkeypatch.setattr(corpus._ShardWriter, "write", failing_write)
     else:
         monkeypatch.setattr(corpus, "atomic_write_text", failing_meta)
-    with pytest.raises(Boom):
-        prepare_corpus([tmp_path / "a.jsonl"], out, ByteTokenizer(), shard_tokens=1000, workers=1)
+    with pytest.raises(Boom):  # workers=2: the pool is torn down, nothing hangs
+        prepare_corpus([tmp_path / "a.jsonl"], out, ByteTokenizer(), shard_tokens=1000, workers=2)
     assert not (out / "meta.json").exists()
     if where == "write":  # failed while tokenizing: not a single shard under its final name, no staging left
         assert not out.exists() or list(out.iterdir()) == []

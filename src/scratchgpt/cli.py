@@ -17,11 +17,10 @@ CORPUS_OPTIONS = ("text_field", "txt_docs", "shard_tokens", "workers", "hf_confi
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .corpus import prepare_corpus, wants_corpus
-    from .data import prepare_shakespeare_char, prepare_text
-
     inputs = args.input or []
     if args.dataset == "shakespeare_char":
+        from .data import prepare_shakespeare_char
+
         if len(inputs) > 1:
             raise UserError("`prepare shakespeare_char` takes one --input FILE")
         meta = prepare_shakespeare_char(inputs[0] if inputs else None, args.out or "data/shakespeare_char")
@@ -31,6 +30,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             raise UserError("`prepare text` needs --input FILE, DIRECTORY or hf:DATASET")
         out = args.out or f"data/{Path(inputs[0].removeprefix('hf:')).stem}"
         options = {k: getattr(args, k) for k in CORPUS_OPTIONS if getattr(args, k) is not None}
+        # corpus, not data: data imports torch, which would weigh on every forked tokenizer worker
+        from .corpus import prepare_corpus, wants_corpus
+
         if wants_corpus(inputs, options):
             done = prepare_corpus(inputs, out, args.tokenizer, val_fraction=args.val_fraction,
                                   block_size=args.block_size, progress=True, **options)
@@ -44,6 +46,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                       f"val tokens ({m['dtype']}) from {m['train_documents'] + m['val_documents']:,} documents "
                       f"in {n_shards} shards", file=sys.stderr)
             return 0
+        from .data import prepare_text
+
         meta = prepare_text(inputs[0], out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
                             block_size=args.block_size)
     print(f"wrote {out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train and "
@@ -133,6 +137,16 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lecture(args: argparse.Namespace) -> int:
+    from .lecture import run_lecture
+
+    report = run_lecture(args.budget, args.device, data_dir=args.data, runs_dir=args.runs, docs_dir=args.docs,
+                         progress=not args.quiet)
+    print(f"done: trained {len(report.trained)} of {len(report.results)} steps in {report.seconds:.0f} s; "
+          f"wrote {report.results_path} and {report.plot_path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchgpt", description="GPT from scratch: prepare, train, sample.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--which", choices=["best", "last"], default="best", help="which weights to export")
     pe.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
+    pl = sub.add_parser("lecture", help="replay the lecture: train its seven steps (bigram to the scaled GPT), "
+                                        "write docs/lecture/results.md and progression.png; resumable")
+    pl.add_argument("--budget", choices=["cpu", "gpu", "tiny"], default="cpu", metavar="{cpu,gpu}",
+                    help="cpu: fits a 2-core CPU (step 7 shrunk); gpu: the lecture's own sizes (default cpu)")
+    pl.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    pl.add_argument("--data", help="prepared data directory (default data/shakespeare_char, from the recipes)")
+    pl.add_argument("--runs", default="runs/lecture", help="run directories go to RUNS/<budget>/<step>")
+    pl.add_argument("--docs", help="where results.md and progression.png go (default docs/lecture, "
+                                   "docs/lecture/<budget> for a budget other than cpu)")
+    pl.add_argument("--quiet", action="store_true", help="no progress bars")
+
     pi = sub.add_parser("import-hf", help="write a run directory from GPT-2 weights (a hub name or a local directory)")
     pi.add_argument("source", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 directory")
     pi.add_argument("--out", help="run directory (default runs/<source name>)")
@@ -217,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_export(args)
         if args.command == "import-hf":
             return _cmd_import_hf(args)
+        if args.command == "lecture":
+            return _cmd_lecture(args)
         return _cmd_sample(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -130,6 +131,11 @@ def _init_worker(state: dict[str, Any]) -> None:
         _STATE["encode"] = _encoder(state["tokenizer"])
 
 
+def _init_pool_worker(state: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it ends the pool
+    _init_worker(state)
+
+
 def _text(payload: Any) -> str:
     if isinstance(payload, tuple):  # a JSONL line: (bytes, file index, line number)
         line, i, lineno = payload
@@ -204,7 +210,7 @@ def _parallel(fn: Callable, batches: Iterable[list], workers: int, state: dict[s
         for b in batches:
             yield fn(b)
         return
-    with multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
+    with multiprocessing.get_context().Pool(workers, initializer=_init_pool_worker, initargs=(state,)) as pool:
         pending: deque = deque()
         for b in batches:
             pending.append(pool.apply_async(fn, (b,)))
