@@ -137,6 +137,16 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lecture(args: argparse.Namespace) -> int:
+    from .lecture import run_lecture
+
+    report = run_lecture(args.budget, args.device, data_dir=args.data, runs_dir=args.runs, docs_dir=args.docs,
+                         progress=not args.quiet)
+    print(f"done: trained {len(report.trained)} of {len(report.results)} steps in {report.seconds:.0f} s; "
+          f"wrote {report.results_path} and {report.plot_path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchgpt", description="GPT from scratch: prepare, train, sample.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -195,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--which", choices=["best", "last"], default="best", help="which weights to export")
     pe.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
+    pl = sub.add_parser("lecture", help="replay the lecture: train its seven steps (bigram to the scaled GPT), "
+                                        "write docs/lecture/results.md and progression.png; resumable")
+    pl.add_argument("--budget", choices=["cpu", "gpu", "tiny"], default="cpu", metavar="{cpu,gpu}",
+                    help="cpu: fits a 2-core CPU (step 7 shrunk); gpu: the lecture's own sizes (default cpu)")
+    pl.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    pl.add_argument("--data", help="prepared data directory (default data/shakespeare_char, from the recipes)")
+    pl.add_argument("--runs", default="runs/lecture", help="run directories go to RUNS/<budget>/<step>")
+    pl.add_argument("--docs", help="where results.md and progression.png go (default docs/lecture, "
+                                   "docs/lecture/<budget> for a budget other than cpu)")
+    pl.add_argument("--quiet", action="store_true", help="no progress bars")
+
     pi = sub.add_parser("import-hf", help="write a run directory from GPT-2 weights (a hub name or a local directory)")
     pi.add_argument("source", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 directory")
     pi.add_argument("--out", help="run directory (default runs/<source name>)")
@@ -221,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_export(args)
         if args.command == "import-hf":
             return _cmd_import_hf(args)
+        if args.command == "lecture":
+            return _cmd_lecture(args)
         return _cmd_sample(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

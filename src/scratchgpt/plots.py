@@ -1,7 +1,8 @@
 """Plots people would rather look at than logs: the loss curve of a run.
 
 Owns `plot_loss(metrics_path, png_path)`, reading `metrics.jsonl` and writing a PNG atomically with
-matplotlib's non-interactive backend. Does not own the metrics format (see `train.py`).
+matplotlib's non-interactive backend, and the two helpers other figures share (`pyplot`, `save_figure`; the
+lecture's progression uses them). Does not own the metrics format (see `train.py`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,28 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
-def plot_loss(metrics_path: str | Path, png_path: str | Path, title: str = "") -> None:
+def pyplot():
+    """matplotlib.pyplot on the non-interactive backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, ax, png_path: str | Path) -> None:
+    """Grid and legend, then write the PNG atomically and close the figure."""
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png_path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    pyplot().close(fig)
+
+
+def plot_loss(metrics_path: str | Path, png_path: str | Path, title: str = "") -> None:
+    plt = pyplot()
     rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
@@ -44,9 +61,4 @@ def plot_loss(metrics_path: str | Path, png_path: str | Path, title: str = "") -
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss")
     ax.set_title(title or "loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(png_path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, ax, png_path)

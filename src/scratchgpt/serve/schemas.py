@@ -1,0 +1,181 @@
+"""The wire format: OpenAI-style completion requests, responses, chunks and errors, and the server's limits.
+
+Owns `CompletionRequest` (pydantic, OpenAI's field names; a bad field is a 400 naming it), `ServeLimits`
+(the caps a deployment sets), `APIError` and the small builders of response bodies and server-sent events.
+Does not own routing, the model, or how text is generated (`app.py`, `scheduler.py`).
+
+Fields that OpenAI defines but this server cannot honour (logprobs, suffix, penalties, logit_bias, best_of
+other than n) are refused by name rather than silently ignored; an unknown field is refused like OpenAI does.
+`top_k` is an extension (as in vLLM); the `openai` client sends it through `extra_body`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from ..sampling import MAX_STOP_LEN
+
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Caps on what one request may ask for; requests beyond them get a 400 naming the field."""
+
+    max_prompt_tokens: int = 4096  # per prompt, after tokenizing (a prompt longer than the context keeps its end)
+    max_tokens: int = 1024  # cap on max_tokens
+    max_n: int = 8  # cap on n
+    max_batch: int = 32  # cache lanes: rows decoded together; one request's prompts x n must fit
+    max_waiting: int = 256  # requests queued beyond the batch before new ones get a 503
+    default_max_tokens: int = 16  # OpenAI's default when max_tokens is left out
+
+    def check(self) -> None:
+        from ..errors import UserError
+
+        for name in ("max_prompt_tokens", "max_tokens", "max_n", "max_batch", "max_waiting", "default_max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_tokens" else 1):
+                raise UserError(f"serve limit {name} must be a positive whole number, got {value!r}")
+        if self.max_n > self.max_batch:
+            raise UserError(f"serve limit max_n ({self.max_n}) cannot exceed max_batch ({self.max_batch})")
+
+
+class APIError(Exception):
+    """An error answered as OpenAI does: HTTP status and {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, type: str = "invalid_request_error",
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
+
+    def body(self) -> dict:
+        return error_body(self.message, self.param, self.type, self.code)
+
+
+def error_body(message: str, param: str | None = None, type: str = "invalid_request_error",
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool = False
+
+
+Number = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions. `prompt` is a string, a list of strings, token ids, or a list of token-id lists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    prompt: Any = ""
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
+    top_k: StrictInt | None = None
+    n: Annotated[StrictInt, Field(ge=1)] | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    echo: StrictBool = False
+    user: StrictStr | None = None
+    # OpenAI fields this server does not implement: accepted only at their "off" values
+    logprobs: StrictInt | None = None
+    suffix: StrictStr | None = None
+    best_of: StrictInt | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    logit_bias: dict[str, Number] | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        def ids(x: Any) -> bool:
+            return isinstance(x, list) and bool(x) and all(isinstance(i, int) and not isinstance(i, bool) for i in x)
+
+        ok = (isinstance(v, str)
+              or (isinstance(v, list) and bool(v) and (all(isinstance(p, str) for p in v) or ids(v)
+                                                       or all(ids(p) for p in v))))
+        if not ok:
+            raise ValueError("must be a string, a non-empty list of strings, a non-empty list of token ids, "
+                             "or a non-empty list of non-empty lists of token ids")
+        return v
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, v: int | None) -> int | None:
+        if v is None or v == -1:  # -1: off, as vLLM spells it
+            return None
+        if v < 1:
+            raise ValueError("must be a positive whole number, or -1 / null for no top-k filter")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> list[str]:
+        stops = [] if v is None else [v] if isinstance(v, str) else v
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"must hold at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        for s in stops:
+            if not 1 <= len(s) <= MAX_STOP_LEN:
+                raise ValueError(f"must be strings of 1 to {MAX_STOP_LEN} characters each")
+        return stops
+
+    @field_validator("logprobs", "suffix", "logit_bias")
+    @classmethod
+    def _unsupported(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("is not supported by this server")
+        return v
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, v: float | None) -> float | None:
+        if v:
+            raise ValueError("is not supported by this server (only 0)")
+        return v
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompt as a list: strings, or token-id lists."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [p]
+        return list(p)
+
+
+# ---- responses ------------------------------------------------------------------------------------------
+
+def completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+
+def choice(index: int, text: str, finish_reason: str | None) -> dict:
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+
+def completion(cid: str, created: int, model: str, choices: list[dict], usage: dict | None) -> dict:
+    body = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event: `data: <json>` and a blank line."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,112 @@
+"""`scratchgpt lecture`: every step trained in order, results.md and progression.png written, and resumable
+(a finished step is never trained again; an interrupted one continues exactly)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import replace
+
+import pytest
+
+import scratchgpt.train as train_mod
+from scratchgpt.cli import main
+from scratchgpt.errors import UserError
+from scratchgpt.lecture import MARKER, STEPS, results_markdown, run_lecture, step_config
+
+NAMES = [s.name for s in STEPS]
+
+
+def table_rows(path) -> dict[str, list[str]]:
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        if cells[0] in NAMES:
+            rows[cells[0]] = cells
+    return rows
+
+
+def counting_train(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = train_mod.train
+
+    def spy(cfg, *args, **kwargs):
+        calls.append(cfg.name)
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train", spy)
+    return calls
+
+
+def test_lecture_trains_every_step_writes_results_and_never_retrains(small_text_dir, tmp_path, monkeypatch, capsys):
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    args = ["--budget", "tiny", "--data", str(small_text_dir), "--runs", str(runs), "--docs", str(docs), "--quiet"]
+    calls = counting_train(monkeypatch)
+    assert main(["lecture", *args]) == 0
+    assert "trained 7 of 7 steps" in capsys.readouterr().err
+    assert calls == NAMES  # in the lecture's order
+
+    rows = table_rows(docs / "results.md")
+    assert list(rows) == NAMES
+    for name, cells in rows.items():
+        assert len(cells) == 9  # step, parameters, iters, train, val, lecture, time, CPU time, sample
+        assert cells[2] == "4" and float(cells[4]) > 0
+        marker = json.loads((runs / "tiny" / name / MARKER).read_text())
+        assert len(marker["sample"]) == 200  # characters, one per token at char level
+        assert f"{marker['val_loss']:.4f}" == cells[4]
+    assert rows["1_bigram"][1] == "1,600" and rows["1_bigram"][5] == "~2.5"  # 40 x 40 table; the lecture's value
+    assert rows["7_scaled_up"][5] == "~1.48"
+    assert (docs / "progression.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Run again: nothing is trained, the same numbers and samples are written.
+    calls.clear()
+    report = run_lecture("tiny", data_dir=small_text_dir, runs_dir=runs, docs_dir=docs, progress=False)
+    assert calls == [] and report.trained == [] and report.skipped == NAMES
+    assert table_rows(docs / "results.md") == rows
+
+    # A step whose run is gone is trained again, alone, and deterministically gives the same result.
+    before = json.loads((runs / "tiny" / "3_multi_head" / MARKER).read_text())
+    shutil.rmtree(runs / "tiny" / "3_multi_head")
+    report = run_lecture("tiny", data_dir=small_text_dir, runs_dir=runs, docs_dir=docs, progress=False)
+    assert calls == ["3_multi_head"] and report.trained == ["3_multi_head"]
+    after = json.loads((runs / "tiny" / "3_multi_head" / MARKER).read_text())
+    assert (after["val_loss"], after["sample"]) == (before["val_loss"], before["sample"])
+
+
+def test_interrupted_step_resumes_exactly(small_text_dir, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    step = STEPS[1]
+    cfg = step_config(step, "tiny", "cpu", small_text_dir)
+    straight = train_mod.train(cfg, out_dir=tmp_path / "straight", progress=False)
+    # stopped by a time limit after its first step, as a Ctrl-C or a crash would leave it
+    cut = train_mod.train(replace(cfg, train=replace(cfg.train, time_limit=1e-9)), out_dir=runs / "tiny" / step.name,
+                          progress=False)
+    assert cut.step < cfg.train.max_iters
+    calls = counting_train(monkeypatch)
+    report = run_lecture("tiny", data_dir=small_text_dir, runs_dir=runs, docs_dir=tmp_path / "docs", progress=False)
+    assert calls == NAMES and report.trained == NAMES
+    resumed = report.results[1]
+    assert resumed["resumed"] is True and resumed["iters"] == cfg.train.max_iters
+    assert resumed["val_loss"] == pytest.approx(straight.last_eval["val"], abs=1e-6)
+    assert resumed["train_loss"] == pytest.approx(straight.last_eval["train"], abs=1e-6)
+
+
+def test_lecture_without_data_is_one_sentence(tmp_path, capsys):
+    code = main(["lecture", "--data", str(tmp_path / "missing"), "--runs", str(tmp_path / "runs"),
+                 "--docs", str(tmp_path / "docs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "scratchgpt prepare" in err and "Traceback" not in err
+    assert not (tmp_path / "docs").exists()
+    with pytest.raises(UserError, match="budget must be one of cpu, gpu"):
+        run_lecture("tpu", data_dir=tmp_path / "missing")
+
+
+def test_samples_are_one_table_cell():
+    row = {"step": "1_bigram", "params": 4225, "iters": 3000, "train_loss": 2.45, "val_loss": 2.49, "seconds": 12.0,
+           "cpu_seconds": 11.0, "sample": "KING:\nO | <you>\n&", "machine": "m", "date": "d"}
+    text = results_markdown([row], "cpu")
+    line = next(ln for ln in text.splitlines() if ln.startswith("| 1_bigram"))
+    assert "KING:<br>O &#124; &lt;you&gt;<br>&amp;" in line
+    assert len(re.findall(r"(?<!\\) \| ", line)) == 8  # nine cells
+    assert "`7_scaled_up`: `model.n_embd=192`" not in text  # only the steps present are listed
