@@ -354,3 +354,31 @@ def test_load_state_reports_a_misfit_as_a_bug():
         hf.load_state(model, {})
     with pytest.raises((UserError, CheckpointError)):
         hf.model_config_from_hf({"model_type": "gpt2", "n_layer": 0}, "x")
+
+
+def test_gpt2_vocab_imports_as_the_gpt2_tokenizer_samples_and_exports_back(tmp_path, capsys, monkeypatch):
+    """A stand-in for GPT-2's vocab.json/merges.txt (the real one needs a download): import writes a gpt2
+    tokenizer.json, sample reads it, export writes files transformers' AutoTokenizer reads identically."""
+    pytest.importorskip("scratchgpt.tokenizers.gpt2")
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak. " * 20
+    ranks = _train_ranks(text, 40)
+    vocab, merges = ranks_to_hf(ranks, {"<|endoftext|>": len(ranks)})
+    src = tmp_path / "src"
+    _hf_model(0.3, n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=len(vocab)).save_pretrained(src)
+    (src / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (src / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    monkeypatch.setattr(hf, "is_gpt2_vocab", lambda vocab, merges: True)
+    run = tmp_path / "run"
+    rc, err = _run_cli(capsys, "import-hf", src, "--out", run)
+    assert rc == 0 and "gpt2 tokenizer" in err
+    assert json.loads((run / ckpt.TOKENIZER).read_text())["kind"] == "gpt2"
+    rc = main(["sample", str(run), "--prompt", "First Citizen", "--max-new-tokens", "10", "--temperature", "0"])
+    assert rc == 0 and capsys.readouterr().out.startswith("First Citizen")
+    rc, err = _run_cli(capsys, "export", run, "--out", tmp_path / "hf")
+    assert rc == 0 and "vocab.json" in err
+    assert json.loads((tmp_path / "hf" / "vocab.json").read_text(encoding="utf-8")) == vocab
+    ours = ckpt.read_tokenizer(run)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    sample = "Before we proceed, hear me: ünïcødé 123  Speak!\n"
+    assert theirs.encode(sample) == ours.encode(sample) and theirs.eos_token_id == len(ranks)
+

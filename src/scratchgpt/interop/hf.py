@@ -33,7 +33,7 @@ from ..errors import CheckpointError, UserError
 from ..fileio import atomic_dir
 from ..models import build_model
 from ..models.gpt import GPT
-from ..tokenizers import KINDS, Tokenizer, tokenizer_from_json
+from ..tokenizers import Tokenizer
 from .hf_tokenizer import hf_tokenizer_files, is_gpt2_vocab, read_hf_vocab
 
 HUB_NAMES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -198,14 +198,15 @@ def state_from_hf(tensors: dict[str, torch.Tensor], cfg: ModelConfig, source: st
 
 
 def tokenizer_from_hf(directory: Path) -> Tokenizer | None:
-    """Our gpt2 tokenizer when the directory holds GPT-2's own vocabulary and that kind is available."""
+    """Our gpt2 tokenizer, read from the directory's vocab.json, when that is GPT-2's own vocabulary."""
     files = read_hf_vocab(directory)
-    if files is None or not is_gpt2_vocab(*files) or "gpt2" not in KINDS:
+    if files is None or not is_gpt2_vocab(*files):
         return None
     try:
-        return tokenizer_from_json({"kind": "gpt2"})
-    except UserError:
+        from ..tokenizers.gpt2 import load_gpt2
+    except ImportError:  # pragma: no cover - a build without the gpt2 kind
         return None
+    return load_gpt2(directory / "vocab.json")  # tokenizer.json records this path (see tokenizers/gpt2.py)
 
 
 def load_pretrained(name_or_path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:

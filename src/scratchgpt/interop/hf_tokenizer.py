@@ -16,7 +16,11 @@ from typing import Any
 # GPT-2's pre-tokenizer, the one Hugging Face's GPT2Tokenizer always applies: a tokenizer with another
 # pattern would split text differently there, so export refuses it rather than write wrong files
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-GPT2_PATTERN_OLD = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_PATTERNS = frozenset({  # spellings of that one split: GPT-2's original, ours, tiktoken's r50k
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    GPT2_PATTERN,
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
+})
 EOT = "<|endoftext|>"
 
 
@@ -127,7 +131,7 @@ def hf_tokenizer_files(tokenizer: Any, model_max_length: int) -> tuple[dict[str,
     if found is None:
         return None, f"no Hugging Face tokenizer was written: the run's {kind!r} tokenizer has no GPT-2 BPE form"
     ranks, special, pattern = found
-    if pattern not in (GPT2_PATTERN, GPT2_PATTERN_OLD):
+    if pattern not in GPT2_PATTERNS:
         return None, f"no Hugging Face tokenizer was written: the {kind!r} tokenizer splits text unlike GPT-2"
     try:
         vocab, merges = ranks_to_hf(ranks, special)
