@@ -147,6 +147,15 @@ def _cmd_lecture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, which=args.which, device=args.device, threads=args.threads,
+          max_batch=args.max_batch, max_tokens=args.max_tokens_cap, max_n=args.max_n,
+          max_prompt_tokens=args.max_prompt_tokens, max_waiting=args.max_waiting)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchgpt", description="GPT from scratch: prepare, train, sample.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -198,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
     ps.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
 
+    pv = sub.add_parser("serve", help="a playground page and an OpenAI-compatible API for a run (needs the serve extra)")
+    pv.add_argument("run_dir")
+    pv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    pv.add_argument("--port", type=int, default=8000)
+    pv.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (KV-cache lanes)")
+    pv.add_argument("--max-tokens-cap", type=int, default=1024, help="the most max_tokens a request may ask for")
+    pv.add_argument("--max-n", type=int, default=8, help="the most samples (n) a request may ask for")
+    pv.add_argument("--max-prompt-tokens", type=int, default=4096, help="the longest prompt accepted, in tokens")
+    pv.add_argument("--max-waiting", type=int, default=256, help="queued requests beyond which new ones get a 503")
+    pv.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
+    pv.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
+    pv.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+
     pe = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 directory (transformers loads it)")
     pe.add_argument("run_dir")
     pe.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors (+ tokenizer)")
@@ -244,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_import_hf(args)
         if args.command == "lecture":
             return _cmd_lecture(args)
+        if args.command == "serve":
+            return _cmd_serve(args)
         return _cmd_sample(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -26,19 +26,34 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, limits: Any = None, which: str = "best",
-          device: str = "cpu", log_level: str = "info") -> None:
-    """Load a run directory and serve it with uvicorn until interrupted."""
+def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = "best", device: str = "cpu",
+          threads: int = 0, log_level: str = "info", **limits: int) -> None:
+    """Load a run directory and serve it with uvicorn until interrupted; `limits` are `ServeLimits` fields."""
+    import os
+    import socket
+
+    from ..console import echo
     from ..errors import UserError
 
     try:
         import uvicorn
 
         from .app import create_app
+        from .schemas import ServeLimits
     except ImportError as e:
         raise UserError(f"serving needs the serve extra ({e.name} is missing): pip install 'scratchgpt[serve]'") from None
-    app = create_app(run_dir, limits, which=which, device=device)
-    from ..console import echo
+    try:  # a taken port is one sentence now, not a log line after the model has loaded
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise UserError(f"cannot listen on {host}:{port} ({why}); pass another --port or --host") from None
+    if threads:
+        import torch
 
-    echo(f"serving {app.state.served.name} at http://{host}:{port}/ (API at http://{host}:{port}/v1)")
+        torch.set_num_threads(threads)
+    app = create_app(run_dir, ServeLimits(**limits), which=which, device=device)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        echo(f"note: listening on {host}; the API has no authentication, so anyone who can reach it can use it")
+    echo(f"serving {app.state.served.name} at http://{host}:{port}/ (OpenAI-compatible API at http://{host}:{port}/v1)")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
