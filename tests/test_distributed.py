@@ -183,3 +183,27 @@ def test_sharded_loaders_together_draw_the_unsharded_batch(small_text_dir):
         assert [len(p) for p in xs] == [1, 2, 1, 2]
         assert (np.concatenate(xs) == x.numpy()).all() and (np.concatenate(ys) == y.numpy()).all()
     assert all((p.state() == whole.state()).all() for p in parts)  # one stream, whatever the world size
+
+
+def test_fsdp_follows_one_process_and_its_checkpoint_resumes_unsharded(runs):
+    tmp = runs["tmp"]
+    r = _torchrun(2, str(tmp / "dist.toml"), "--out", str(tmp / "fsdp6"), "--train.max_iters=6", "--train.fsdp=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, sharded = _curve(runs["one"]), _curve(tmp / "fsdp6")
+    np.testing.assert_allclose([sharded[s] for s in range(1, 7)], [one[s] for s in range(1, 7)], rtol=TOL)
+    from scratchgpt.checkpoint import read_config
+
+    # the checkpoint is the usual unsharded file: one process continues it
+    train(read_config(tmp / "fsdp6", ["--train.max_iters=12", "--train.fsdp=false"]), resume=tmp / "fsdp6",
+          progress=False)
+    resumed = _curve(tmp / "fsdp6")
+    np.testing.assert_allclose([resumed[s] for s in range(7, 13)], [one[s] for s in range(7, 13)], rtol=TOL)
+
+
+def test_fsdp_misuse_is_one_sentence(small_text_dir, tmp_path):
+    from scratchgpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="Muon needs whole matrices"):
+        _config(small_text_dir, fsdp=True, optimizer="muon")
+    with pytest.raises(DistributedError, match="train.fsdp shards the model over several processes"):
+        train(_config(small_text_dir, fsdp=True), out_dir=tmp_path / "x", progress=False)

@@ -65,6 +65,7 @@ class TrainConfig:
     muon_momentum: float = 0.95
     peak_flops: float = 0.0  # one device's peak FLOP/s (e.g. 989e12: H100 dense bf16) for MFU per device; 0: none
     dist_timeout: float = 300.0  # seconds any collective (and the rendezvous) may wait for the other ranks
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state over the ranks (FSDP2)
     out_dir: str = ""  # default runs/<recipe name>
 
 
@@ -217,6 +218,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'train.learning_rate' must be positive and 'train.min_lr' not negative")
     if t.muon_lr <= 0 or t.dist_timeout <= 0 or t.peak_flops < 0:
         raise ConfigError("'train.muon_lr' and 'train.dist_timeout' must be positive and 'train.peak_flops' not negative")
+    if t.optimizer == "muon" and t.fsdp:
+        raise ConfigError("'train.fsdp' shards every matrix over the ranks and Muon needs whole matrices; "
+                          "use train.optimizer = adamw with FSDP, or DDP (train.fsdp = false) with Muon")
     if t.optimizer == "muon" and m.arch != "gpt":
         raise ConfigError(f"'train.optimizer' = muon needs the blocks' weight matrices, and model.arch = {m.arch} has "
                           "none; use train.optimizer = adamw")

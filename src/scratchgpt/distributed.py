@@ -3,8 +3,8 @@
 Owns `DistContext` (rank, world size, local rank), `world_from_env` (RANK / WORLD_SIZE / LOCAL_RANK as
 torchrun sets them), `setup` / `teardown` of the process group (nccl on CUDA, gloo elsewhere, every
 collective bounded by a timeout), `shard_bounds` (which rows of a global batch a rank owns), the few
-collectives the trainer needs (mean of a float, any() of flags, sum of tensors, per-rank RNG states,
-barrier), and `collective_errors`, which turns a dead peer or a timed-out collective into one
+collectives the trainer needs (mean of a float, any() of flags, sum of tensors, barrier), each rank's
+torch RNG state for checkpoints (`rng_states`, `restore_rng`, `rank_seed`), and `collective_errors`, which turns a dead peer or a timed-out collective into one
 `DistributedError` sentence instead of a hang or a gloo traceback.
 Does not own the training loop or the DDP wrapper (train.py does). Single-process runs never touch
 `torch.distributed`: every helper is the identity when the world size is 1.
@@ -175,3 +175,32 @@ def barrier(ctx: DistContext, device: torch.device) -> None:
             dist.barrier(device_ids=[device.index or 0])
         else:
             dist.barrier()
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of a rank that has no saved RNG state (a new rank after a world-size change)."""
+    return (seed * 1_000_003 + rank * 7919 + step) % (2**63)
+
+
+def restore_rng(extra: dict[str, torch.Tensor], ctx: DistContext, device: torch.device, seed: int,
+                step: int) -> None:
+    """Rank 0 keeps `rng_cpu` (the single-process key); rank r > 0 its `rng_cpu_rank{r}` if saved, else a seed."""
+    suffix = f"_rank{ctx.rank}" if ctx.rank else ""
+    if f"rng_cpu{suffix}" in extra:
+        torch.set_rng_state(extra[f"rng_cpu{suffix}"])
+        if device.type == "cuda" and f"rng_cuda{suffix}" in extra:
+            torch.cuda.set_rng_state(extra[f"rng_cuda{suffix}"])
+    else:
+        torch.manual_seed(rank_seed(seed, ctx.rank, step))
+
+
+def rng_states(ctx: DistContext, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every rank's torch RNG states, gathered to all ranks (rank 0 writes them)."""
+    out = {}
+    kinds = [("rng_cpu", torch.get_rng_state())]
+    if device.type == "cuda":
+        kinds.append(("rng_cuda", torch.cuda.get_rng_state()))
+    for key, state in kinds:
+        for r, s in enumerate(gather_bytes(ctx, state, device)):
+            out[key + (f"_rank{r}" if r else "")] = s
+    return out

@@ -1,7 +1,7 @@
 """Training: evaluation, the loop, checkpoints, signals, on one process or many (DDP under torchrun).
 
 Owns `Evaluator`, `train` and the helpers they need (device and autocast choice, the NaN guard, Ctrl-C
-handling, per-rank RNG states). The loop is written by hand because it is the point of the project; the
+handling). The loop is written by hand because it is the point of the project; the
 optimizers and schedule live in `optim.py`, the process group in `distributed.py`. Does not parse
 command-line flags (`cli.py` does) or know the file format of a run (`checkpoint.py` does).
 
@@ -13,7 +13,8 @@ micro-step only; logged and evaluated losses are the means over all ranks; rank 
 directory while the others wait at a barrier. A checkpoint holds the data stream's state (the same on
 every rank) and each rank's torch RNG state (dropout); resuming on a different world size keeps the data
 stream exactly, restores the RNG of the ranks that exist in both, and seeds new ranks from
-(seed, rank, step). Time-limit and Ctrl-C stops are agreed between ranks at log steps.
+(seed, rank, step). Time-limit and Ctrl-C stops are agreed between ranks at log steps. With train.fsdp the
+model is sharded instead (`fsdp.py`); checkpoints are gathered into the same unsharded files.
 """
 
 from __future__ import annotations
@@ -162,35 +163,6 @@ def _trim_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _rank_seed(seed: int, rank: int, step: int) -> int:
-    """The torch seed of a rank that has no saved RNG state (a new rank after a world-size change)."""
-    return (seed * 1_000_003 + rank * 7919 + step) % (2**63)
-
-
-def _restore_rng(extra: dict[str, torch.Tensor], dist: D.DistContext, device: torch.device, seed: int,
-                 step: int) -> None:
-    """Rank 0 keeps `rng_cpu` (the single-process key); rank r > 0 its `rng_cpu_rank{r}` if saved, else a seed."""
-    suffix = f"_rank{dist.rank}" if dist.rank else ""
-    if f"rng_cpu{suffix}" in extra:
-        torch.set_rng_state(extra[f"rng_cpu{suffix}"])
-        if device.type == "cuda" and f"rng_cuda{suffix}" in extra:
-            torch.cuda.set_rng_state(extra[f"rng_cuda{suffix}"])
-    else:
-        torch.manual_seed(_rank_seed(seed, dist.rank, step))
-
-
-def _rng_states(dist: D.DistContext, device: torch.device) -> dict[str, torch.Tensor]:
-    """Every rank's torch RNG states, gathered to all ranks (rank 0 writes them)."""
-    out = {}
-    kinds = [("rng_cpu", torch.get_rng_state())]
-    if device.type == "cuda":
-        kinds.append(("rng_cuda", torch.cuda.get_rng_state()))
-    for key, state in kinds:
-        for r, s in enumerate(D.gather_bytes(dist, state, device)):
-            out[key + (f"_rank{r}" if r else "")] = s
-    return out
-
-
 def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | None = None,
           launch_time: float | None = None, progress: bool = True) -> TrainResult:
     """Train per cfg into out_dir (default runs/<name>), optionally continuing exactly from a run directory.
@@ -206,6 +178,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
             f"train.batch_size ({t.batch_size}) is the global batch and must split evenly over the "
             f"{dist.world_size} processes; use a multiple of {dist.world_size}"
         )
+    if t.fsdp and not dist.enabled:
+        raise D.DistributedError("train.fsdp shards the model over several processes; launch with "
+                                 "`torchrun --nproc_per_node N -m scratchgpt.cli train ...` (N >= 2) or set it false")
     device = resolve_device(t.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -239,21 +214,22 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
     if pretrained is not None:
         load_state(model, pretrained)
     if dist.rank:
-        torch.manual_seed(_rank_seed(t.seed, dist.rank, 0))  # its own dropout masks
+        torch.manual_seed(D.rank_seed(t.seed, dist.rank, 0))  # its own dropout masks
     optimizer = configure_optimizer(model, t, device)
     block = cfg.model.block_size
     shard = (dist.rank, dist.world_size)
     loader = BatchLoader(cfg.data.dir, "train", block, t.batch_size, device, t.seed, shard)
     ctx_factory = lambda: autocast_context(device, t.dtype)  # noqa: E731
+    # under FSDP every forward is a collective, so every rank evaluates whole batches (no uneven shards)
     evaluator = Evaluator(cfg.data.dir, block, t.eval_batch_size or t.batch_size, t.eval_iters, device, t.seed, ctx_factory,
-                          t.full_val, dist)
+                          t.full_val, None if t.fsdp else dist)
 
     step, best_val, last_eval = 0, math.inf, {}
     if resume:
         ckpt.read_config(resume)  # a clear error when it is not a run directory
         extra, info = ckpt.load_trainer_state(resume, model, optimizer)
         step, best_val = int(info["step"]), float(info["best_val"])
-        _restore_rng(extra, dist, device, t.seed, step)
+        D.restore_rng(extra, dist, device, t.seed, step)
         loader.set_state(extra["rng_loader"])  # the global data stream: the same at any world size
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
@@ -270,7 +246,16 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
          f"; run directory {run_dir}")
 
     ddp = None
-    if dist.enabled:
+    if t.fsdp:  # shard the (possibly resumed) weights, then rebuild the optimizer over the shards
+        from . import fsdp
+
+        names, plain_params = fsdp.param_names(model), [p for g in optimizer.param_groups for p in g["params"]]
+        plain_state = optimizer.state_dict() if resume else None
+        fsdp.shard_model(model)
+        optimizer = configure_optimizer(model, t, device)
+        if plain_state is not None:
+            fsdp.load_optimizer_state(model, optimizer, plain_state, plain_params, names)
+    elif dist.enabled:
         import inspect
 
         from torch.nn.parallel import DistributedDataParallel
@@ -293,14 +278,15 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
 
     def save(eval_losses: dict[str, float] | None) -> None:
         nonlocal best_val
+        weights, opt_state = fsdp.gather_state(model, optimizer) if t.fsdp else (model, optimizer)  # collective
         if eval_losses is not None and eval_losses["val"] < best_val:
             best_val = eval_losses["val"]
             if main:
-                ckpt.save_weights(run_dir / ckpt.MODEL_BEST, model, step)
-        extra = {**_rng_states(dist, device), "rng_loader": loader_state}  # a collective: every rank
+                ckpt.save_weights(run_dir / ckpt.MODEL_BEST, weights, step)
+        extra = {**D.rng_states(dist, device), "rng_loader": loader_state}  # a collective: every rank
         if main:
-            ckpt.save_weights(run_dir / ckpt.MODEL, model, step)
-            ckpt.save_trainer_state(run_dir, model, optimizer, extra, {
+            ckpt.save_weights(run_dir / ckpt.MODEL, weights, step)
+            ckpt.save_trainer_state(run_dir, weights, opt_state, extra, {
                 "step": step, "best_val": best_val, "tokens": step * tokens_per_step,
                 "elapsed": time.time() - launch, "last_eval": eval_losses or {}, "world_size": dist.world_size,
             })
@@ -328,6 +314,8 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
             for micro in range(t.grad_accum_steps):
                 # DDP all-reduces gradients in backward; only the last micro-step needs it
                 sync = ddp is None or micro == t.grad_accum_steps - 1
+                if t.fsdp:  # FSDP's own switch for the reduce-scatter of gradients
+                    model.set_requires_gradient_sync(micro == t.grad_accum_steps - 1)
                 with contextlib.nullcontext() if sync else ddp.no_sync():
                     with ctx_factory():
                         _, loss = fwd(x, y)
