@@ -42,6 +42,8 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = 
         from .schemas import ServeLimits
     except ImportError as e:
         raise UserError(f"serving needs the serve extra ({e.name} is missing): pip install 'scratchgpt[serve]'") from None
+    serve_limits = ServeLimits(**limits)
+    serve_limits.check()
     try:  # a taken port is one sentence now, not a log line after the model has loaded
         with socket.create_server((host, port)):
             pass
@@ -52,7 +54,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = 
         import torch
 
         torch.set_num_threads(threads)
-    app = create_app(run_dir, ServeLimits(**limits), which=which, device=device)
+    app = create_app(run_dir, serve_limits, which=which, device=device)
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"note: listening on {host}; the API has no authentication, so anyone who can reach it can use it")
     echo(f"serving {app.state.served.name} at http://{host}:{port}/ (OpenAI-compatible API at http://{host}:{port}/v1)")

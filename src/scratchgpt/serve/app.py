@@ -192,11 +192,32 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _stream(job, queue, cid, created_at, served.name, echoes, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return EventStream(events, job, media_type="text/event-stream",
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await _collect(job, queue, request, cid, created_at, served.name, echoes)
 
     return app
+
+
+class EventStream(StreamingResponse):
+    """A streaming response that watches for the client leaving while it waits for tokens and cancels the
+    job then (Starlette under an ASGI 2.4 server only notices at the next write, which may be long off)."""
+
+    def __init__(self, content, job: Job, **kwargs):
+        super().__init__(content, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        streaming = asyncio.ensure_future(self.stream_response(send))
+        watching = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.job.cancel()  # a no-op once it has ended
+            for task in (streaming, watching):
+                task.cancel()
+            await asyncio.gather(streaming, watching, return_exceptions=True)  # a send to a gone client: OSError
+            await self.body_iterator.aclose()
 
 
 def validation_error_body(errors: list[dict]) -> dict:

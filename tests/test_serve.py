@@ -1,0 +1,339 @@
+"""Serving: the continuous-batching scheduler against the engine, the OpenAI-compatible API through the real
+`openai` client, validation errors naming their field, disconnects freeing lanes, requests batched together."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+from scratchgpt.cli import main as cli_main  # noqa: E402
+from scratchgpt.generate import Engine  # noqa: E402
+from scratchgpt.models import GPT, GPTConfig  # noqa: E402
+from scratchgpt.models.bigram import BigramLanguageModel  # noqa: E402
+from scratchgpt.sampling import SamplingSettings  # noqa: E402
+from scratchgpt.serve import ServeLimits, create_app  # noqa: E402
+from scratchgpt.serve.scheduler import Scheduler  # noqa: E402
+from scratchgpt.tokenizers import CharTokenizer  # noqa: E402
+from serve_util import make_run, running_server, wait_for  # noqa: E402
+
+LIMITS = ServeLimits(max_batch=8, max_tokens=300, max_n=4, max_prompt_tokens=100, max_waiting=16)
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_text_dir, tmp_path_factory):
+    return make_run(small_text_dir, tmp_path_factory.mktemp("serve") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    app = create_app(run_dir, LIMITS)
+    with running_server(app) as base:
+        yield base, app.state.scheduler, app.state.served
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def engine(server):
+    served = server[2]
+    return Engine(served.model, served.tokenizer)
+
+
+# ---- the scheduler on its own ------------------------------------------------------------------------------
+
+class Collector:
+    def __init__(self):
+        self.texts: dict[int, str] = {}
+        self.reasons: dict[int, str] = {}
+        self.end = None
+        self.done = threading.Event()
+        self.first = threading.Event()
+
+    def __call__(self, ev):
+        if ev[0] == "text":
+            self.texts[ev[1]] = self.texts.get(ev[1], "") + ev[2]
+            self.first.set()
+        elif ev[0] == "finish":
+            self.reasons[ev[1]] = ev[2]
+        else:
+            self.end = ev
+            self.done.set()
+
+    def rows(self, n):
+        return [self.texts.get(i, "") for i in range(n)]
+
+
+TOK = CharTokenizer.from_text("abcdefghij klmnop\n")
+
+
+def _tiny(kind: str):
+    torch.manual_seed(0)
+    if kind == "bigram":
+        return BigramLanguageModel(TOK.vocab_size, 8)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=TOK.vocab_size,
+                    pos_emb="rope" if kind == "rope" else "learned")
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt", "rope", "bigram"])
+def test_scheduler_matches_engine_whatever_runs_beside(kind):
+    """Jobs batched together (different prompts, lengths, n, settings, windows sliding past the block) give
+    exactly what the engine gives each of them alone with the same seed."""
+    model = _tiny(kind)
+    eng = Engine(model, TOK)
+    sched = Scheduler(model, TOK, max_batch=8)
+    jobs = [
+        (["abc"], 1, SamplingSettings(max_new_tokens=40, temperature=0.8, top_k=5, seed=3)),
+        (["hello", "a"], 2, SamplingSettings(max_new_tokens=25, top_p=0.9, seed=7)),
+        (["ab"], 1, SamplingSettings(max_new_tokens=30, temperature=0)),
+        (["p"], 1, SamplingSettings(max_new_tokens=0, seed=1)),
+    ]
+    sched.pause()
+    sched.start()
+    try:
+        outs = []
+        for prompts, n, s in jobs:
+            c = Collector()
+            assert sched.submit([eng.encode(p) for p in prompts], n, s, c) is not None
+            outs.append(c)
+        sched.resume()
+        for c in outs:
+            assert c.done.wait(20)
+        for (prompts, n, s), c in zip(jobs, outs, strict=True):
+            want = eng.generate(prompts, s, num_samples=n)
+            assert c.rows(len(prompts) * n) == want
+            assert c.end[0] == "end" and c.end[1]["completion_tokens"] == len(prompts) * n * s.max_new_tokens
+            assert set(c.reasons.values()) == {"length"}
+        assert sched.peak_jobs == len(jobs)
+        assert sched.stats()["active_rows"] == 0
+    finally:
+        sched.stop()
+
+
+def test_a_request_joins_a_running_batch_and_leaves_it():
+    model = _tiny("gpt")
+    eng = Engine(model, TOK)
+    sched = Scheduler(model, TOK, max_batch=4).start()
+    try:
+        long = Collector()
+        job = sched.submit([eng.encode("a")], 1, SamplingSettings(max_new_tokens=50_000, seed=1), long)
+        assert long.first.wait(10)  # it is decoding
+        short = Collector()
+        s = SamplingSettings(max_new_tokens=30, temperature=0.7, seed=5)
+        sched.submit([eng.encode("bad")], 2, s, short)
+        assert short.done.wait(10)
+        assert not long.done.is_set()  # the short one joined the running batch and left it
+        assert short.rows(2) == eng.generate(["bad"], s, num_samples=2)
+        assert sched.peak_jobs == 2 and sched.peak_rows == 3
+        job.cancel()
+        wait_for(lambda: sched.stats()["active_rows"] == 0, what="the cancelled job to free its lane")
+        assert long.end is None  # a cancelled job hears nothing more
+    finally:
+        sched.stop()
+
+
+# ---- the API through the real openai client ----------------------------------------------------------------
+
+def test_models_health_info_and_page(server, client):
+    base, _, served = server
+    assert [m.id for m in client.models.list().data] == [served.name]
+    assert client.models.retrieve(served.name).id == served.name
+    health = httpx.get(f"{base}/health").json()
+    assert health["status"] == "ok" and health["max_batch"] == LIMITS.max_batch
+    info = httpx.get(f"{base}/info").json()
+    facts = info["facts"]
+    assert facts["parameters"] == sum(p.numel() for p in served.model.parameters())
+    assert facts["tokenizer"] == "char" and facts["context"] == 16
+    assert facts["checkpoint"] == "model-best.safetensors" and isinstance(facts["val_loss"], float)
+    assert info["limits"]["max_tokens"] == LIMITS.max_tokens
+    metrics = httpx.get(f"{base}/metrics").json()
+    assert [r[0] for r in metrics["eval"]] == [3, 6] and len(metrics["train"]) == 6
+    assert facts["val_loss"] == min(r[2] for r in metrics["eval"])
+    page = httpx.get(f"{base}/")
+    assert page.status_code == 200 and 'id="generate"' in page.text
+    assert httpx.get(f"{base}/static/app.js").status_code == 200
+
+
+def test_completion_stream_and_seed_match_the_engine(server, client, engine):
+    name = server[2].name
+    kw = dict(model=name, prompt="line 1", max_tokens=40, temperature=0.9, top_p=0.95, seed=11)
+    want = engine.generate("line 1", max_new_tokens=40, temperature=0.9, top_p=0.95, seed=11)
+    r = client.completions.create(**kw)
+    assert r.object == "text_completion" and r.model == name
+    assert [(c.index, c.text, c.finish_reason) for c in r.choices] == [(0, want, "length")]
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (6, 40, 46)
+    pieces, reasons, usage = [], [], None
+    for chunk in client.completions.create(**kw, stream=True, stream_options={"include_usage": True}):
+        for c in chunk.choices:
+            pieces.append(c.text)
+            reasons.append(c.finish_reason)
+        usage = chunk.usage or usage
+    assert "".join(pieces) == want and len(pieces) > 10  # streamed piece by piece
+    assert [x for x in reasons if x] == ["length"] and usage.completion_tokens == 40
+    top_k = client.completions.create(**kw, extra_body={"top_k": 3})
+    assert top_k.choices[0].text == engine.generate("line 1", max_new_tokens=40, temperature=0.9, top_p=0.95,
+                                                    top_k=3, seed=11)
+
+
+def test_n_prompts_echo_and_stop(server, client, engine):
+    name = server[2].name
+    r = client.completions.create(model=name, prompt=["the", "fox"], n=2, max_tokens=12, seed=4)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert [c.text for c in r.choices] == engine.generate(["the", "fox"], num_samples=2, max_new_tokens=12, seed=4)
+    greedy = engine.generate("line", max_new_tokens=30, temperature=0)
+    stop = greedy[8:10]
+    r = client.completions.create(model=name, prompt="line", max_tokens=30, temperature=0, stop=[stop], echo=True)
+    assert r.choices[0].text == "line" + greedy[: greedy.index(stop)] and r.choices[0].finish_reason == "stop"
+    ids = server[2].tokenizer.encode("line")
+    r = client.completions.create(model=name, prompt=ids, max_tokens=30, temperature=0)
+    assert r.choices[0].text == greedy
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "x", "max_tokens": 301}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
+    ({"prompt": "x", "temperature": 2.5}, "temperature"),
+    ({"prompt": "x", "temperature": "hot"}, "temperature"),
+    ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": "x", "top_k": 0}, "top_k"),
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "n": 5}, "n"),
+    ({"prompt": ["a", "b", "c"], "n": 3}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": "\u4e2d"}, "prompt"),
+    ({"prompt": [10_000]}, "prompt"),
+    ({"prompt": "x" * 101}, "prompt"),
+    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"prompt": "x", "stop": [""]}, "stop"),
+    ({"prompt": "x", "seed": 1.5}, "seed"),
+    ({"prompt": "x", "stream": "yes"}, "stream"),
+    ({"prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"prompt": "x", "best_of": 3}, "best_of"),
+    ({"prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"prompt": "x", "max_new_tokens": 5}, "max_new_tokens"),
+    ({"prompt": "x", "model": "gpt-4"}, "model"),
+])
+def test_bad_requests_get_4xx_naming_the_field(server, body, param):
+    r = httpx.post(f"{server[0]}/v1/completions", json=body)
+    assert r.status_code == (404 if param == "model" else 400), r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error"
+    assert param in err["message"] or param == "model"
+
+
+def test_malformed_bodies_and_client_errors(server, client):
+    base = server[0]
+    for content in (b"{not json", b"[1, 2]"):
+        r = httpx.post(f"{base}/v1/completions", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("the request body")
+    assert httpx.get(f"{base}/v1/nope").json()["error"]["type"] == "not_found_error"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=server[2].name, prompt="x", max_tokens=10_000)
+    assert e.value.body["param"] == "max_tokens"
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_lanes(server):
+    base, sched, _ = server
+    before = sched.stats()["tokens_generated"]
+    with httpx.stream("POST", f"{base}/v1/completions",
+                      json={"prompt": "line", "max_tokens": 300, "n": 2, "stream": True}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        sched.pause()  # hold decoding so the request cannot simply run to its end
+        try:
+            wait_for(lambda: sched.stats()["active_rows"] == 2, what="the request to hold two lanes")
+        except AssertionError:
+            sched.resume()
+            raise
+    try:  # the response is closed: the server cancels the job
+        wait_for(lambda: sched._active and all(j.cancelled for j in sched._active), what="the cancel")
+    finally:
+        sched.resume()
+    wait_for(lambda: sched.stats()["active_rows"] == 0, what="the lanes to be freed")
+    assert sched.stats()["tokens_generated"] - before < 2 * 300  # it stopped early
+    assert httpx.get(f"{base}/health").json()["status"] == "ok"
+
+
+def test_concurrent_requests_are_decoded_in_one_batch(server, client, engine):
+    base, sched, served = server
+    prompts = ["line 1", "fox", "the lazy", "dog."]
+    results: dict[int, str] = {}
+
+    def ask(i):
+        r = client.completions.create(model=served.name, prompt=prompts[i], max_tokens=20, seed=i)
+        results[i] = r.choices[0].text
+
+    sched.pause()
+    sched.peak_jobs = 0
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: sched.stats()["waiting_requests"] == len(prompts), what="all requests to queue")
+    finally:
+        sched.resume()
+    for t in threads:
+        t.join(30)
+    assert sched.peak_jobs == len(prompts)  # all four decoded together
+    for i, p in enumerate(prompts):
+        assert results[i] == engine.generate(p, max_new_tokens=20, seed=i)
+
+
+def test_a_full_queue_answers_503_and_recovers(server, client):
+    base, sched, served = server
+    sched.pause()
+    old = sched.max_waiting
+    sched.max_waiting = 1
+    first: list = []
+    t = threading.Thread(target=lambda: first.append(
+        client.completions.create(model=served.name, prompt="a", max_tokens=5)))
+    try:
+        t.start()
+        wait_for(lambda: sched.stats()["waiting_requests"] == 1, what="the first request to queue")
+        r = httpx.post(f"{base}/v1/completions", json={"prompt": "b", "max_tokens": 5})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+    finally:
+        sched.max_waiting = old
+        sched.resume()
+    t.join(30)
+    assert first and first[0].usage.completion_tokens == 5
+
+
+def test_streamed_events_are_openai_sse(server):
+    r = httpx.post(f"{server[0]}/v1/completions", json={"prompt": "a", "max_tokens": 3, "stream": True,
+                                                         "temperature": 0})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in r.text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"text_completion"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_cli_serve_errors_are_one_sentence(tmp_path, capsys):
+    assert cli_main(["serve", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert cli_main(["serve", str(tmp_path), "--port", str(s.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err
+    assert cli_main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "max_batch" in capsys.readouterr().err
