@@ -49,7 +49,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         from .data import prepare_text
 
         meta = prepare_text(inputs[0], out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
-                            block_size=args.block_size)
+                            block_size=args.block_size, vocab_size=args.vocab_size)
     print(f"wrote {out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train and "
           f"{meta['val_tokens']:,} val tokens ({meta['dtype']})", file=sys.stderr)
     return 0
@@ -147,6 +147,24 @@ def _cmd_lecture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    if args.action == "train":
+        from .tokenizers.bpe_train import TOKENIZER_FILE, train_bpe_files
+
+        tok = train_bpe_files(args.input, args.vocab_size, args.out, special_tokens=args.special or ["<|endoftext|>"],
+                              pattern=args.pattern)
+        note = "" if tok.vocab_size == args.vocab_size else " (the text had no more pairs to merge)"
+        print(f"wrote {Path(args.out) / TOKENIZER_FILE}: {tok.vocab_size:,} tokens, {len(tok.merges):,} merges{note}",
+              file=sys.stderr)
+        return 0
+    from .data import read_utf8
+    from .tokenizers.compare import compare_tokenizers, format_table
+
+    text = read_utf8(args.input)
+    print(format_table(compare_tokenizers(text, args.vocab_size), len(text)))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
@@ -167,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "shards unless it is one small text file); shakespeare_char: input.txt, else "
                          "$SCRATCHGPT_TINYSHAKESPEARE, else download")
     pp.add_argument("--out", help="output directory (default data/<name>)")
-    pp.add_argument("--tokenizer", default="char", help="tokenizer (char)")
+    pp.add_argument("--tokenizer", default="char",
+                    help="char | word | bpe | spm (learned from the text) | gpt2 | DIR from `tokenizer train`")
+    pp.add_argument("--vocab-size", type=int, help="vocabulary size of bpe and spm (default 4096); caps word")
     pp.add_argument("--val-fraction", type=float, default=0.1,
                     help="share kept for validation: the end of one small file, else that share of documents")
     pp.add_argument("--block-size", type=int, default=8, help="refuse text whose splits are shorter than one block")
@@ -238,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "docs/lecture/<budget> for a budget other than cpu)")
     pl.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    pk = sub.add_parser("tokenizer", help="train our byte-level BPE, or compare tokenizers on a text")
+    kk = pk.add_subparsers(dest="action", required=True)
+    kt = kk.add_parser("train", help="learn a byte-level BPE vocabulary; writes DIR/tokenizer.json")
+    kt.add_argument("--input", nargs="+", action="extend", required=True, metavar="FILE", help="UTF-8 text files")
+    kt.add_argument("--vocab-size", type=int, required=True, help="tokens in all: 256 bytes + merges + specials")
+    kt.add_argument("--out", required=True, metavar="DIR", help="directory for tokenizer.json")
+    kt.add_argument("--special", action="append", metavar="TOKEN",
+                    help="a special token (repeatable; default <|endoftext|>)")
+    kt.add_argument("--pattern", choices=["gpt4", "gpt2"], default="gpt4", help="pre-split regex (default gpt4)")
+    kc = kk.add_parser("compare", help="vocabulary size, tokens and characters per token of char, word, our BPE, "
+                                       "SentencePiece and GPT-2 on one text")
+    kc.add_argument("--input", required=True, metavar="FILE", help="a UTF-8 text file")
+    kc.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of our BPE and SentencePiece")
+
     pi = sub.add_parser("import-hf", help="write a run directory from GPT-2 weights (a hub name or a local directory)")
     pi.add_argument("source", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 directory")
     pi.add_argument("--out", help="run directory (default runs/<source name>)")
@@ -264,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_export(args)
         if args.command == "import-hf":
             return _cmd_import_hf(args)
+        if args.command == "tokenizer":
+            return _cmd_tokenizer(args)
         if args.command == "lecture":
             return _cmd_lecture(args)
         if args.command == "serve":

@@ -24,7 +24,7 @@ import torch
 
 from .errors import DataError
 from .fileio import atomic_path, atomic_write_json, sha256_file
-from .tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json
+from .tokenizers import Tokenizer, build_tokenizer, tokenizer_from_json
 
 META_FORMAT = 1
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -53,21 +53,22 @@ def _write_ids(path: Path, ids: np.ndarray, dtype: np.dtype) -> None:
 def prepare_text(
     input_path: str | Path,
     out_dir: str | Path,
-    tokenizer: str = "char",
+    tokenizer: str | Tokenizer = "char",
     val_fraction: float = 0.1,
     block_size: int = 8,
+    vocab_size: int | None = None,
 ) -> dict[str, Any]:
     """Tokenize one UTF-8 file into out_dir (first 1 - val_fraction for train, the rest for val).
 
+    tokenizer: char | word | bpe | spm (learned from this text; vocab_size caps word, sets bpe and spm),
+    gpt2, a directory holding tokenizer.json, or a tokenizer object.
     Every check runs before anything is written, so a failure leaves out_dir as it was.
     """
-    if tokenizer != "char":
-        raise DataError(f"tokenizer '{tokenizer}' is not available; use 'char'")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val fraction must be between 0 and 1, got {val_fraction}")
     text = read_utf8(input_path)
-    tok = CharTokenizer.from_text(text)
-    ids = tok.encode_array(text)
+    tok = build_tokenizer(tokenizer, text, vocab_size) if isinstance(tokenizer, str) else tokenizer
+    ids = tok.encode_array(text) if hasattr(tok, "encode_array") else np.asarray(tok.encode(text), dtype=np.int64)
     n_train = int(len(ids) * (1 - val_fraction))
     splits = {"train": ids[:n_train], "val": ids[n_train:]}
     for name, part in splits.items():

@@ -1,7 +1,10 @@
-"""Tokenizers: the `Tokenizer` protocol and loading one back from its JSON form.
+"""Tokenizers: the `Tokenizer` protocol, the registry of kinds, and loading one back from its JSON form.
 
-Owns the protocol every tokenizer follows (`encode`, `decode`, `vocab_size`, `to_json`) and
-`tokenizer_from_json`, which dispatches on the `kind` field. Does not read corpora from disk.
+Owns the protocol every tokenizer follows (`kind`, `vocab_size`, `encode`, `decode`, `to_json`, a
+`from_json` classmethod; `encode_array` where it is cheap), `KINDS` and `tokenizer_from_json`, which
+dispatches on the `kind` field. The kinds, one module each: char (`char.py`), word (`word.py`), our byte-level
+BPE (`bpe.py`, trained by `bpe_train.py`), OpenAI's GPT-2 (`gpt2.py`), SentencePiece (`spm.py`).
+Building one from a name, a corpus or a directory is `resolve.py`. Does not read corpora from disk.
 """
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..errors import CheckpointError
+from .bpe import BPETokenizer
 from .char import CharTokenizer
+from .gpt2 import GPT2Tokenizer
+from .spm import SentencePieceTokenizer
+from .word import WordTokenizer
 
 
 class Tokenizer(Protocol):
@@ -25,7 +32,13 @@ class Tokenizer(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
-KINDS: dict[str, Any] = {"char": CharTokenizer}
+KINDS: dict[str, Any] = {
+    "char": CharTokenizer,
+    "word": WordTokenizer,
+    "bpe": BPETokenizer,
+    "gpt2": GPT2Tokenizer,
+    "spm": SentencePieceTokenizer,
+}
 
 
 def tokenizer_from_json(obj: Any) -> Tokenizer:
@@ -36,4 +49,9 @@ def tokenizer_from_json(obj: Any) -> Tokenizer:
     return KINDS[kind].from_json(obj)
 
 
-__all__ = ["CharTokenizer", "Tokenizer", "tokenizer_from_json"]
+from .resolve import build_tokenizer, get_tokenizer, load_tokenizer_dir  # noqa: E402 (needs KINDS)
+
+__all__ = [
+    "KINDS", "BPETokenizer", "CharTokenizer", "GPT2Tokenizer", "SentencePieceTokenizer", "Tokenizer", "WordTokenizer",
+    "build_tokenizer", "get_tokenizer", "load_tokenizer_dir", "tokenizer_from_json",
+]
