@@ -229,8 +229,8 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab) and the mean cross-entropy when targets are given.
 
-        With a cache, idx holds the T positions after the `cache.pos` already cached. `positions` (T,)
-        overrides the absolute positions (the engine uses it for batched prompts); `attn_mask` (B|1, 1, T, S)
+        With a cache, idx holds the T positions after the `cache.pos` already cached. `positions` (T,) or
+        (B, T) overrides the absolute positions (the engine uses it for batched prompts); `attn_mask` (B|1, 1, T, S)
         replaces the causal mask. `last_only` computes logits for the last position only.
         """
         B, T = idx.shape
@@ -245,7 +245,9 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = None
         if self.config.pos_emb == "rope":
-            rope = (self.rope_cos[positions], self.rope_sin[positions])  # each (T, hs/2)
+            rope = (self.rope_cos[positions], self.rope_sin[positions])  # each (T, hs/2) or (B, T, hs/2)
+            if positions.dim() == 2:  # per-row positions: broadcast over heads
+                rope = (rope[0].unsqueeze(1), rope[1].unsqueeze(1))  # each (B, 1, T, hs/2)
         for i, block in enumerate(self.h):
             x = block(x, rope, cache, i, attn_mask)
         x = self.ln_f(x)  # (B, T, C)

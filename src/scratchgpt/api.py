@@ -1,0 +1,64 @@
+"""The Python API a notebook reaches for: `model = scratchgpt.load(run_dir)`, then `model.generate(...)`.
+
+Owns `LoadedModel` (a trained run's model, tokenizer and config with one generation engine, so caches
+and CUDA graphs are reused across calls) and `load`. Sampling settings are keyword arguments:
+`max_new_tokens`, `temperature` (0 is greedy), `top_k`, `top_p`, `stop` (a string or several), `seed`.
+Does not own checkpoint loading (`checkpoint.py`) or generation (`generate.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model
+from .config import Config
+from .generate import Engine
+from .sampling import SamplingSettings, settings_from
+
+
+class LoadedModel:
+    """A run ready to generate. `generate` returns text; `stream` yields it piece by piece as it comes."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, config: Config, *, cuda_graphs: bool = True, **defaults):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.engine = Engine(model, tokenizer, cuda_graphs=cuda_graphs)
+        self.defaults = settings_from(None, **defaults)  # per-call keywords override these
+
+    def generate(self, prompt: str | list[str] = "", *, num_samples: int = 1, **settings) -> str | list[str]:
+        """The continuation of `prompt` (the prompt is not repeated). A list of prompts, or `num_samples` > 1,
+        gives a list: all samples of the first prompt, then of the next (one batch, one prefill per prompt)."""
+        return self.engine.generate(prompt, settings_from(self.defaults, **settings), num_samples)
+
+    def stream(self, prompt: str = "", **settings) -> Iterator[str]:
+        """Yield the continuation piece by piece: `for piece in model.stream("ROMEO:"): print(piece, end="")`."""
+        return self.engine.stream(prompt, settings_from(self.defaults, **settings))
+
+    def settings(self, **settings) -> SamplingSettings:
+        """The settings a call with these keywords would use (validated)."""
+        return settings_from(self.defaults, **settings)
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        return (f"LoadedModel({self.config.name!r}: {m.arch}, {m.n_layer} layers, {m.n_embd} wide, block {m.block_size}, "
+                f"vocab {m.vocab_size}, on {self.engine.device})")
+
+
+def load(run_dir: str | Path, which: str = "best", device: str = "cpu", dtype: str = "auto",
+         cuda_graphs: bool = True, **defaults) -> LoadedModel:
+    """Load a run directory written by `scratchgpt train`. `device` is cpu | cuda | mps | auto; `dtype` auto
+    means bfloat16 on CUDA and float32 elsewhere. Extra keywords become default sampling settings."""
+    from .errors import UserError
+    from .train import resolve_device
+
+    if which not in ("best", "last"):
+        raise UserError(f"which must be 'best' or 'last', got {which!r}")
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise UserError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
+    dev = resolve_device(device)
+    model, tok, cfg = load_model(run_dir, which=which, device=dev)
+    if dtype == "bfloat16" or (dtype == "auto" and dev.type == "cuda"):
+        model = model.to(torch.bfloat16)
+    return LoadedModel(model, tok, cfg, cuda_graphs=cuda_graphs, **defaults)

@@ -1,0 +1,97 @@
+"""`scratchgpt sample --interactive`: a small loop that keeps continuing the text the user types.
+
+Owns the REPL: each line the user types is appended to the running text (on a line of its own, ending in
+a newline) and the model's continuation streams out and is appended too; an empty line just asks for more.
+Lines starting with `/` change the sampling settings in place (`/temperature 0.5`, `/top_k 40`, `/top_p 0.9`,
+`/max_new_tokens 200`, `/seed 1`, `/stop text`, `/stop` to clear, `/settings`, `/reset`, `/help`, `/quit`).
+A bad value or an unknown character prints one `error: ...` line and the loop goes on. Does not own
+sampling or the model (`generate.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from .errors import UserError, closest
+from .generate import Engine
+from .sampling import SamplingSettings
+
+HELP = """type text and press Enter: the model continues it; an empty line continues further.
+commands: /temperature X   /top_k N|none   /top_p X   /max_new_tokens N   /seed N|none
+          /stop TEXT (add a stop string, \\n for a newline; /stop alone clears)   /settings   /reset (forget the text)
+          /help   /quit (or end of input)"""
+
+SETTINGS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop")
+OTHER = ("settings", "reset", "help", "quit", "exit")
+
+
+def _number(name: str, text: str, kind: type) -> int | float | None:
+    if name in ("top_k", "seed") and text.lower() in ("none", "off"):
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(f"/{name} needs a {'number' if kind is float else 'whole number'}, got {text!r}") from None
+
+
+def apply_command(line: str, s: SamplingSettings) -> tuple[SamplingSettings, str | None]:
+    """Apply one `/name value` line; return the new settings and an action (settings, reset, help, quit)."""
+    name, _, arg = line[1:].strip().partition(" ")
+    name, arg = name.replace("-", "_").lower(), arg.strip()
+    if name in OTHER:
+        return s, "quit" if name == "exit" else name
+    if name not in SETTINGS:
+        raise UserError(f"unknown command '/{name}'{closest(name, SETTINGS + OTHER)}; /help lists them")
+    if name == "stop":  # \n and \t stand for a newline and a tab, so a blank line can be a stop string
+        arg = arg.replace("\\n", "\n").replace("\\t", "\t")
+        return s.replace(stop=(*s.stop, arg) if arg else ()), None
+    if not arg:
+        raise UserError(f"/{name} needs a value, e.g. /{name} {getattr(s, name) if getattr(s, name) is not None else 1}")
+    kind = float if name in ("temperature", "top_p") else int
+    return s.replace(**{name: _number(name, arg, kind)}), None
+
+
+def describe(s: SamplingSettings) -> str:
+    return (f"temperature {s.temperature:g}, top_k {s.top_k or 'none'}, top_p {s.top_p:g}, "
+            f"max_new_tokens {s.max_new_tokens}, seed {'none' if s.seed is None else s.seed}, "
+            f"stop {list(s.stop) if s.stop else 'none'}")
+
+
+def run_repl(engine: Engine, settings: SamplingSettings, read: Callable[[], str] | None = None,
+             out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Loop until /quit or end of input. `read` returns one line (raises EOFError at the end)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    read = read or (lambda: input("> " if sys.stdin.isatty() else ""))
+    text, s = "", settings
+    err.write(HELP + "\n")
+    while True:
+        try:
+            line = read()
+        except EOFError:
+            break
+        try:
+            if line.startswith("/"):
+                s, action = apply_command(line, s)
+                if action == "quit":
+                    break
+                if action == "reset":
+                    text = ""
+                if action == "help":
+                    err.write(HELP + "\n")
+                if action in (None, "settings", "reset"):
+                    err.write(describe(s) + "\n")
+                continue
+            if line:
+                text += ("\n" if text and not text.endswith("\n") else "") + line + "\n"
+            pieces = engine.stream(text, s)  # a bad prompt raises here, before anything is shown
+            for piece in pieces:
+                out.write(piece)
+                out.flush()
+                text += piece
+            if text and not text.endswith("\n"):
+                out.write("\n")  # for the display only; the next typed line starts a new line in the text too
+            out.flush()
+        except UserError as e:
+            err.write(f"error: {e}\n")

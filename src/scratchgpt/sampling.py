@@ -1,0 +1,164 @@
+"""Sampling policy and text assembly for the generation engine.
+
+Owns `SamplingSettings` (temperature, top-k, top-p, stop strings, max new tokens, seed; validated into one
+clear `UserError` sentence each), `sample_next` (logits -> token ids, greedy at temperature 0) and
+`TextStream` (token ids -> text pieces that are safe to show: complete characters only, stop strings cut
+off and never emitted). Does not own the model, the cache or the loop that drives them (`generate.py`).
+
+Random numbers are drawn the same way whatever produced the logits: one exponential variate per vocabulary
+entry per row per step, and the token is argmax(p / q) (the exponential-race form of sampling from p, the
+one `torch.multinomial` uses). So the cached engine and the uncached reference, given the same seed and the
+same logits shape, draw the same numbers and pick the same tokens; and nothing here syncs with the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+MAX_NEW_TOKENS_CAP = 100_000  # documented in the README; more is almost surely a typo
+MAX_STOP_LEN = 1_000
+_HOLD_INCOMPLETE = 4  # tokens held back at most while the decoded text ends in U+FFFD (a UTF-8 char is <= 4 bytes)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to pick tokens and when to stop. `top_k` None and `top_p` 1.0 disable those filters."""
+
+    max_new_tokens: int = 500
+    temperature: float = 1.0  # 0: greedy
+    top_k: int | None = None
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None  # None: a fresh random seed each call
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        self.check()
+
+    def check(self) -> None:
+        """Raise a UserError naming the first bad value."""
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NEW_TOKENS_CAP:
+            raise UserError(f"max new tokens must be a whole number from 0 to {MAX_NEW_TOKENS_CAP:,}, got {n!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or t == float("inf"):
+            raise UserError(f"temperature must be a number of at least 0 (0 is greedy), got {t!r}")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise UserError(f"top-k must be a positive whole number (or none), got {k!r}")
+        p = self.top_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise UserError(f"top-p must be in (0, 1], got {p!r}")
+        for s in self.stop:
+            if not isinstance(s, str) or not s or len(s) > MAX_STOP_LEN:
+                raise UserError(f"each stop string must be text of 1 to {MAX_STOP_LEN} characters, got {s!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise UserError(f"seed must be a whole number, got {self.seed!r}")
+
+    def replace(self, **changes) -> SamplingSettings:
+        return dataclasses.replace(self, **changes)
+
+
+def settings_from(settings: SamplingSettings | None = None, **kwargs) -> SamplingSettings:
+    """Settings from keyword arguments (unknown names are a UserError), over `settings` if given."""
+    names = {f.name for f in dataclasses.fields(SamplingSettings)}
+    bad = sorted(set(kwargs) - names)
+    if bad:
+        from .errors import closest
+
+        raise UserError(f"unknown sampling setting '{bad[0]}'{closest(bad[0], names)}")
+    return (settings or SamplingSettings()).replace(**kwargs) if kwargs else (settings or SamplingSettings())
+
+
+def sample_next(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row from logits (B, vocab) -> (B,) ids: argmax at temperature 0, else sampled."""
+    if s.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / s.temperature  # (B, V)
+    if s.top_k is not None and s.top_k < logits.size(-1):
+        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    if s.top_p < 1.0:
+        # keep the smallest set of most likely tokens whose mass reaches top_p (always at least one)
+        p_sorted, order = probs.sort(dim=-1, descending=True)  # (B, V) each
+        before = p_sorted.cumsum(dim=-1) - p_sorted  # mass strictly ahead of each token
+        drop = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before >= s.top_p)
+        probs = probs.masked_fill(drop, 0.0)
+    q = torch.empty_like(probs).exponential_(1.0, generator=generator)  # (B, V)
+    return (probs / q).argmax(dim=-1)  # (B,): distributed as probs, no host sync
+
+
+class TextStream:
+    """Turns one row's token ids into text pieces as they come.
+
+    A piece is released only when it is complete: a trailing U+FFFD (half of a multi-byte character
+    split across tokens) is held back for up to a few tokens, and so is any tail that could be the start
+    of a stop string. When a stop string appears, the text before it is released and the stream is done.
+    Each new token is decoded together with the two ids before it, so tokenizers whose pieces depend on
+    their neighbours (leading spaces) still decode right.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...] = (), context: list[int] | None = None):
+        self.tok = tokenizer
+        self.stop = tuple(stop)
+        self.prev: list[int] = list(context or [])[-2:]  # already-decoded ids, for context only
+        self.pending: list[int] = []  # ids whose text is not decoded for good yet
+        self.buffer = ""  # decoded text held back for stop-string matching
+        self.done = False
+
+    def _decode_pending(self, final: bool) -> str:
+        base = self.tok.decode(self.prev) if self.prev else ""
+        full = self.tok.decode(self.prev + self.pending)
+        text = full[len(base):] if full.startswith(base) else self.tok.decode(self.pending)
+        if text.endswith("\ufffd") and not final and len(self.pending) < _HOLD_INCOMPLETE:
+            return ""  # wait for the rest of the character
+        self.prev = (self.prev + self.pending)[-2:]
+        self.pending = []
+        return text
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text that may be shown now ('' if none, or once done)."""
+        if self.done:
+            return ""
+        self.pending.append(int(token))
+        self.buffer += self._decode_pending(final=False)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """No more tokens: return whatever is left (up to a stop string, if one appears)."""
+        if self.done:
+            return ""
+        if self.pending:
+            self.buffer += self._decode_pending(final=True)
+        out = self._release(final=True)
+        self.done = True
+        return out
+
+    def _release(self, final: bool) -> str:
+        buf = self.buffer
+        hits = [i for i in (buf.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.done, self.buffer = True, ""
+            return buf[: min(hits)]
+        hold = 0 if final else self._stop_prefix_len(buf)
+        self.buffer = buf[len(buf) - hold:] if hold else ""
+        return buf[: len(buf) - hold]
+
+    def _stop_prefix_len(self, buf: str) -> int:
+        """Length of the longest tail of buf that begins some stop string (so might become one)."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(buf)), best, -1):
+                if s.startswith(buf[-n:]):
+                    best = n
+                    break
+        return best

@@ -1,0 +1,272 @@
+"""The generation engine against the uncached path: greedy and seeded sampling token for token, past the
+block size, batches of different-length prompts against each prompt alone, shared prefills, stop strings,
+streaming of multi-byte characters, the sliding policy as documented, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scratchgpt.errors import UserError
+from scratchgpt.generate import Engine, KVCache, keep_after_slide
+from scratchgpt.models.bigram import BigramLanguageModel
+from scratchgpt.models.gpt import GPT, GPTConfig
+from scratchgpt.sampling import MAX_NEW_TOKENS_CAP, SamplingSettings, TextStream
+from scratchgpt.tokenizers import CharTokenizer
+
+CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65
+
+
+class ByteTokenizer:
+    """Byte-level stand-in for a BPE tokenizer: ids 0..255 are bytes, so one character can span tokens."""
+
+    kind = "bytes"
+
+    def __init__(self, vocab_size: int = 256, eot: int | None = None):
+        self.vocab_size, self.eot_token = vocab_size, eot
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+def make_gpt(vocab: int, seed: int = 0, **kw) -> GPT:
+    base = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=vocab, init_std=0.1)
+    base.update(kw)
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**base)).eval()
+
+
+# the shapes the issue names: char, a BPE-sized model (rotary, RMSNorm, QK-norm, untied), GPT-2's vocab with
+# biases, and a bigger vocabulary
+MODELS = {
+    "char": dict(vocab=65),
+    "bpe": dict(vocab=1024, pos_emb="rope", norm="rmsnorm", qk_norm=True, tie_weights=False, mlp="relu2"),
+    "gpt2_shape": dict(vocab=50257, bias=True, n_layer=2, n_head=4, n_embd=64, block_size=32),
+    "big_vocab": dict(vocab=100277, n_layer=1, n_embd=16, block_size=24),
+}
+
+
+def model_for(name: str) -> GPT:
+    kw = dict(MODELS[name])
+    return make_gpt(kw.pop("vocab"), **kw)
+
+
+def prompts_for(model: GPT, lengths: list[int], seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_greedy_cached_equals_uncached_past_the_block(name):
+    model = model_for(name)
+    engine = Engine(model)
+    W = model.config.block_size
+    prompts = prompts_for(model, [3, W // 2 + 1, W])
+    n = 3 * W  # slides several times
+    cached = engine.generate_ids(prompts, temperature=0, max_new_tokens=n)
+    plain = engine.generate_ids(prompts, temperature=0, max_new_tokens=n, use_cache=False)
+    assert cached == plain
+    assert all(len(row) == n for row in cached)
+    assert len({t for row in cached for t in row}) > 3  # not a degenerate constant stream
+
+
+@pytest.mark.parametrize("name", ["char", "bpe", "gpt2_shape"])
+def test_seeded_sampling_cached_equals_uncached(name):
+    model = model_for(name)
+    engine = Engine(model)
+    prompts = prompts_for(model, [2, 9])
+    s = SamplingSettings(max_new_tokens=model.config.block_size + 5, temperature=0.9, top_k=50, top_p=0.95, seed=7)
+    cached = engine.generate_ids(prompts, s, num_samples=2)
+    assert cached == engine.generate_ids(prompts, s, num_samples=2, use_cache=False)
+    assert cached == engine.generate_ids(prompts, s, num_samples=2)  # same seed, same tokens
+    assert cached != engine.generate_ids(prompts, s.replace(seed=8), num_samples=2)
+    assert cached[0] != cached[1]  # two samples of one prompt differ
+
+
+def test_batch_of_different_lengths_equals_each_alone():
+    model = model_for("char")
+    engine = Engine(model)
+    W = model.config.block_size
+    prompts = prompts_for(model, [1, 5, W - 1, W, W + 9])  # the last is truncated from the left
+    batched = engine.generate_ids(prompts, temperature=0, max_new_tokens=2 * W + 3)
+    alone = [engine.generate_ids([p], temperature=0, max_new_tokens=2 * W + 3)[0] for p in prompts]
+    assert batched == alone
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=st.lists(st.integers(1, 20), min_size=1, max_size=4), n=st.integers(0, 30),
+       samples=st.integers(1, 2))
+def test_batched_greedy_equals_alone_property(lengths, n, samples):
+    model = _PROPERTY_MODEL
+    engine = Engine(model)
+    prompts = prompts_for(model, lengths, seed=len(lengths) * 31 + n)
+    batched = engine.generate_ids(prompts, temperature=0, max_new_tokens=n, num_samples=samples)
+    for i, p in enumerate(prompts):
+        alone = engine.generate_ids([p], temperature=0, max_new_tokens=n)[0]
+        assert batched[i * samples : (i + 1) * samples] == [alone] * samples
+
+
+_PROPERTY_MODEL = make_gpt(65, seed=3, n_layer=1, block_size=12, pos_emb="rope")
+
+
+def test_sliding_policy_matches_a_hand_written_loop():
+    """The documented policy, written out plainly: a window of at most W; when full, keep the newest ceil(W/2)."""
+    model = make_gpt(65, seed=5, block_size=10)
+    W, keep = 10, keep_after_slide(10)
+    assert keep == 5 and keep_after_slide(7) == 4 and keep_after_slide(1) == 1
+    prompt = prompts_for(model, [14])[0]
+    seq, start = prompt[-W:], 0
+    for _ in range(40):
+        if len(seq) - start > W:
+            start = len(seq) - keep
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([seq[start:]]))
+        seq.append(int(logits[0, -1].argmax()))
+    assert Engine(model).generate_ids([prompt], temperature=0, max_new_tokens=40)[0] == seq[W:]
+
+
+def test_bigram_goes_through_the_uncached_path():
+    torch.manual_seed(0)
+    model = BigramLanguageModel(65, block_size=8)
+    tok = CharTokenizer(list(CHARS))
+    engine = Engine(model, tok)
+    assert not engine.cached
+    text = engine.generate("ROMEO:", max_new_tokens=50, seed=3)
+    assert len(text) == 50 and text == engine.generate("ROMEO:", max_new_tokens=50, seed=3)
+
+
+def test_cache_is_preallocated_and_the_model_takes_it():
+    model = model_for("char")
+    cache = KVCache.for_model(model, batch=3)
+    c = model.config
+    assert cache.k.shape == (c.n_layer, 3, c.n_head, c.block_size, c.n_embd // c.n_head)
+    idx = torch.tensor(prompts_for(model, [6, 6, 6]))
+    with torch.no_grad():
+        full, _ = model(idx)
+        part, _ = model(idx, cache=cache.prefill_view(torch.arange(3)), positions=torch.arange(6), last_only=True)
+    torch.testing.assert_close(part[:, -1], full[:, -1])
+
+
+# ---- text: streaming, stop strings, bad input --------------------------------------------------------
+
+def char_engine(**kw) -> Engine:
+    return Engine(make_gpt(65, seed=11, **kw), CharTokenizer(list(CHARS)))
+
+
+def test_stream_joins_to_generate_and_seed_reproduces():
+    engine = char_engine()
+    pieces = list(engine.stream("ROMEO:", max_new_tokens=40, temperature=0.8, seed=5))
+    assert "".join(pieces) == engine.generate("ROMEO:", max_new_tokens=40, temperature=0.8, seed=5)
+    assert len("".join(pieces)) == 40 and len(pieces) > 1
+    texts = engine.generate(["A", "BB"], num_samples=2, max_new_tokens=10, seed=1)
+    assert isinstance(texts, list) and len(texts) == 4
+
+
+def test_stop_string_ends_the_text_and_is_not_emitted():
+    engine = char_engine()
+    full = engine.generate("KING:", max_new_tokens=60, temperature=0, seed=0)
+    stop = full[20:23]
+    cut = engine.generate("KING:", max_new_tokens=60, temperature=0, stop=stop)
+    assert cut == full[: full.index(stop)]
+    assert engine.generate("KING:", max_new_tokens=60, temperature=0, stop=["zzzzq", stop]) == cut
+    assert "".join(engine.stream("KING:", max_new_tokens=60, temperature=0, stop=stop)) == cut
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(alphabet="ab\n", max_size=40), stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=4),
+                                                                   max_size=2))
+def test_text_stream_stops_at_the_first_completed_stop_string(text, stops):
+    tok = CharTokenizer(list("ab\n"))
+    ts = TextStream(tok, tuple(stops))
+    out = "".join(ts.push(i) for i in tok.encode(text)) + ts.finish()
+    expected = text  # the text stops as soon as what has come so far contains a stop string
+    for end in range(1, len(text) + 1):
+        hits = [text[:end].find(s) for s in stops if s in text[:end]]
+        if hits:
+            expected = text[: min(hits)]
+            break
+    assert out == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=30))
+def test_stream_yields_only_whole_characters(text):
+    tok = ByteTokenizer()
+    ts = TextStream(tok)
+    pieces = [ts.push(i) for i in tok.encode(text)] + [ts.finish()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces) or "\ufffd" in text
+
+
+def test_byte_model_streams_complete_characters():
+    engine = Engine(make_gpt(256, seed=2), ByteTokenizer())
+    out = engine.generate("h\u00e9llo \u2603", max_new_tokens=30, seed=4)
+    assert isinstance(out, str)
+    assert list(engine.stream("\u00fcber", max_new_tokens=5, temperature=0))  # a multi-byte prompt is fine
+
+
+def test_empty_prompt_starts_from_newline_or_end_of_text():
+    assert char_engine().encode("") == [0]  # "\n" is id 0 in tiny Shakespeare's vocabulary
+    assert Engine(make_gpt(300), ByteTokenizer(300, eot=256)).encode("") == [256]
+    assert len(char_engine().generate("", max_new_tokens=7, seed=1)) == 7
+
+
+def test_long_prompt_is_truncated_and_said_once(capsys):
+    engine = char_engine(block_size=8)
+    long = "ROMEO: what light through yonder window breaks"
+    a = engine.generate(long, max_new_tokens=5, temperature=0)
+    assert a == engine.generate(long[-8:], max_new_tokens=5, temperature=0)
+    engine.generate([long, long + "s"], max_new_tokens=2)
+    err = capsys.readouterr().err
+    assert err.count("longer than the context") == 1 and "keeping its last 8 tokens" in err
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(top_p=0.0), "top-p must be in (0, 1]"),
+    (dict(top_p=1.5), "top-p must be in (0, 1]"),
+    (dict(temperature=-0.1), "temperature must be a number of at least 0"),
+    (dict(max_new_tokens=MAX_NEW_TOKENS_CAP + 1), f"from 0 to {MAX_NEW_TOKENS_CAP:,}"),
+    (dict(max_new_tokens=-1), "max new tokens"),
+    (dict(top_k=0), "top-k must be a positive"),
+    (dict(stop=[""]), "stop string"),
+    (dict(temprature=1.0), "did you mean 'temperature'"),
+])
+def test_bad_settings_are_one_sentence(kwargs, fragment):
+    engine = char_engine()
+    with pytest.raises(UserError, match=None) as e:
+        engine.stream("A", **kwargs)  # raises at the call, before any iteration
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_character_is_a_user_error_before_anything_runs():
+    with pytest.raises(UserError, match="not in the tokenizer's vocabulary"):
+        char_engine().stream("caf\u00e9")
+    with pytest.raises(UserError, match="number of samples"):
+        char_engine().generate("A", num_samples=0)
+
+
+def test_settings_after_a_stream_leave_grad_mode_alone():
+    engine = char_engine()
+    it = engine.stream("A", max_new_tokens=5, seed=1)
+    next(it)
+    assert torch.is_grad_enabled()  # between pieces the caller's autograd state is its own
+    it.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["char", "gpt2_shape"])
+def test_cuda_graph_decode_matches_eager(name):
+    model = model_for(name).cuda()
+    prompts = prompts_for(model, [3, model.config.block_size // 2])
+    s = SamplingSettings(max_new_tokens=2 * model.config.block_size + 3, temperature=0)
+    graphed = Engine(model, cuda_graphs=True)
+    eager = Engine(model, cuda_graphs=False)
+    assert graphed.generate_ids(prompts, s) == eager.generate_ids(prompts, s)
+    assert graphed._decoders[2].graph is not None
+    assert graphed.generate_ids(prompts, s) == eager.generate_ids(prompts, s, use_cache=False)
