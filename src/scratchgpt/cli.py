@@ -87,31 +87,41 @@ def _cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import load_model
-    from .generate import check_sampling_args, prompt_ids, stream
-    from .train import resolve_device
+    from .api import load
+    from .sampling import SamplingSettings
 
     if args.prompt is not None and args.prompt_file is not None:
         raise UserError("give --prompt or --prompt-file, not both")
+    if args.interactive and (args.prompt is not None or args.prompt_file is not None or args.num_samples != 1):
+        raise UserError("--interactive takes its text from what you type; drop --prompt, --prompt-file and --num-samples")
     prompt = args.prompt or ""
     if args.prompt_file:
         from .data import read_utf8
 
         prompt = read_utf8(args.prompt_file)
-    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k)
+    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, stop=tuple(args.stop or ()), seed=args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok, _ = load_model(args.run_dir, which=args.which, device=resolve_device(args.device))
-    prompt_ids(tok, prompt)  # an unknown character fails here, before anything is printed
-    seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
-    out = sys.stdout
-    for i in range(args.num_samples):
-        if i:
-            out.write("\n---------------\n")
-        out.write(prompt)
-        for piece in stream(model, tok, prompt, args.max_new_tokens, args.temperature, args.top_k, seed + i):
+    lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
+              cuda_graphs=not args.no_cuda_graphs)
+    if args.interactive:
+        from .repl import run_repl
+
+        run_repl(lm.engine, settings)
+        return 0
+    # the engine checks the prompt (unknown characters) here, before anything is printed
+    rows = lm.engine.stream_rows([prompt], settings, args.num_samples)
+    out, rest = sys.stdout, [""] * args.num_samples
+    out.write(prompt)
+    for r, piece in rows:  # sample 0 streams; the others (same batch, same prefill) print when done
+        if r == 0:
             out.write(piece)
             out.flush()
+        else:
+            rest[r] += piece
+    for text in rest[1:]:
+        out.write("\n---------------\n" + prompt + text)
     out.write("\n")
     return 0
 
@@ -221,10 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--max-new-tokens", type=int, default=500)
     ps.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
     ps.add_argument("--top-k", type=int, default=None)
-    ps.add_argument("--num-samples", type=int, default=1)
+    ps.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this mass")
+    ps.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
+    ps.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, generated as one batch")
     ps.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    ps.add_argument("--interactive", action="store_true",
+                    help="a REPL that keeps continuing what you type; /temperature 0.5 etc. change settings")
     ps.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
     ps.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
+    ps.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on CUDA")
+    ps.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (for debugging)")
     ps.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
 
     pv = sub.add_parser("serve", help="a playground page and an OpenAI-compatible API for a run (needs the serve extra)")
