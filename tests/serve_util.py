@@ -10,14 +10,18 @@ from pathlib import Path
 
 from conftest import tiny_config
 
+_RUNS: dict[Path, Path] = {}
+
 
 def make_run(data_dir: Path, out: Path) -> Path:
-    """A tiny model trained a few steps: weights, best weights, metrics.jsonl with evals, trainer state."""
+    """A tiny model trained a few steps: weights, best weights, metrics.jsonl with evals, trainer state.
+    Made once per data directory and test session (the serving tests only read it)."""
     from scratchgpt.train import train
 
-    cfg = tiny_config(data_dir, max_iters=6, eval_interval=3)
-    train(cfg, out_dir=out, progress=False)
-    return out
+    if data_dir not in _RUNS:
+        train(tiny_config(data_dir, max_iters=6, eval_interval=3), out_dir=out, progress=False)
+        _RUNS[data_dir] = out
+    return _RUNS[data_dir]
 
 
 def free_port() -> int:

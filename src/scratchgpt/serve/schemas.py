@@ -30,7 +30,7 @@ class ServeLimits:
 
     max_prompt_tokens: int = 4096  # per prompt, after tokenizing (a prompt longer than the context keeps its end)
     max_tokens: int = 1024  # cap on max_tokens
-    max_n: int = 8  # cap on n
+    max_n: int = 8  # cap on n (and prompts x n must fit in max_batch)
     max_batch: int = 32  # cache lanes: rows decoded together; one request's prompts x n must fit
     max_waiting: int = 256  # requests queued beyond the batch before new ones get a 503
     default_max_tokens: int = 16  # OpenAI's default when max_tokens is left out
@@ -42,8 +42,6 @@ class ServeLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_tokens" else 1):
                 raise UserError(f"serve limit {name} must be a positive whole number, got {value!r}")
-        if self.max_n > self.max_batch:
-            raise UserError(f"serve limit max_n ({self.max_n}) cannot exceed max_batch ({self.max_batch})")
 
 
 class APIError(Exception):
