@@ -9,4 +9,13 @@ PY="${PYTHON:-python3}"
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"          # the CPU build; an unpinned torch pulls a multi-GB CUDA build
 python -m pip install -q -e ".[dev]"
+# The playground's browser test drives Debian's Chromium (Playwright cannot download its own offline).
+if [ -z "${SCRATCHGPT_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "note: could not install chromium; the browser test will skip" >&2
+    else
+        echo "note: no chromium and not root with apt-get; the browser test will skip" >&2
+    fi
+fi
 python -m pytest -q "$@"
