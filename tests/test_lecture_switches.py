@@ -43,7 +43,8 @@ def lecture_head(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.
 
 def test_defaults_unchanged():
     c = GPTConfig()
-    assert (c.residual, c.attn_proj, c.norm, c.mlp, c.n_head, c.pos_emb) == (True, True, "layernorm", "gelu", 6, "learned")
+    assert (c.residual, c.attn_proj, c.norm, c.mlp, c.n_head, c.pos_emb, c.init) == (
+        True, True, "layernorm", "gelu", 6, "learned", "gpt2")
     attn = CausalSelfAttention(cfg())
     assert isinstance(attn.c_proj, nn.Linear)
 
@@ -100,6 +101,21 @@ def test_attn_proj_off_has_no_c_proj():
     n_on = sum(p.numel() for p in GPT(cfg()).parameters())
     n_off = sum(p.numel() for p in GPT(cfg(attn_proj=False)).parameters())
     assert n_on - n_off == 2 * 32 * 32  # one 32 x 32 projection per layer
+
+
+def test_torch_init_keeps_each_modules_pytorch_default():
+    torch.manual_seed(6)
+    lecture, gpt2 = GPT(cfg(init="torch", tie_weights=False)), GPT(cfg(tie_weights=False))
+    assert 0.9 < lecture.wte.weight.std().item() < 1.1  # nn.Embedding: N(0, 1)
+    w = lecture.h[0].attn.c_attn.weight
+    assert w.abs().max().item() <= 32**-0.5  # nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert 0.9 * 32**-0.5 / 3**0.5 < w.std().item() < 1.1 * 32**-0.5 / 3**0.5
+    assert torch.equal(lecture.h[0].ln_1.weight, torch.ones(32))
+    assert 0.018 < gpt2.wte.weight.std().item() < 0.022  # the default stays GPT-2's N(0, 0.02)
+    torch.manual_seed(7)
+    by_hand = nn.Embedding(65, 32)  # the same draws, in the same order, as the model's first module
+    torch.manual_seed(7)
+    assert torch.equal(GPT(cfg(init="torch")).wte.weight, by_hand.weight)
 
 
 # ---- single head and multi-head are the lecture's Head and MultiHeadAttention ---------------------------
@@ -184,6 +200,7 @@ def test_lecture_recipe_builds_its_step(name):
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (layers, heads, width, block, dropout)
     model = build_model(replace(m, vocab_size=65))
     assert model.lm_head.weight is not model.wte.weight  # the lecture's lm_head is its own matrix
+    assert m.init == "torch"  # the video's init: each module's PyTorch default
     blocks = list(model.h)
     assert all((b.attn.c_proj is not None) == proj for b in blocks)
     assert all((b.mlp is not None) == mlp for b in blocks)
