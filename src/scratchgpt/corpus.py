@@ -109,6 +109,13 @@ def _encoder(tok: Any) -> Callable[[str], Any]:
     raise TypeError(f"{type(tok).__name__} has no encode method")
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may run on (a container's share), not the host's
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
 
@@ -334,7 +341,7 @@ def prepare_corpus(
     if (done := _finished(out, fingerprint)) is not None:
         return Prepared(done, skipped=True)
 
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or _usable_cores())
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".prepare-*"):  # left by a run that was killed outright
