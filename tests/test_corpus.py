@@ -360,3 +360,27 @@ def test_memory_stays_bounded_on_a_corpus_several_times_the_cap(tmp_path):
     assert load_meta(tmp_path / "big")["train_tokens"] > 60_000_000
     for small, big in zip(peaks["small"], peaks["big"], strict=True):
         assert big - small < cap_mb * 1024, peaks
+
+
+def test_tokenizer_from_a_prepared_directory_and_learned_kinds_need_training(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", TEXTS)
+    first = prepare_corpus([tmp_path / "a.jsonl"], tmp_path / "one", "char", workers=1).meta
+    again = prepare_corpus([tmp_path / "a.jsonl"], tmp_path / "two", str(tmp_path / "one"), workers=1).meta
+    assert again["tokenizer"] == first["tokenizer"] and again["shards"] == first["shards"]
+    assert (tmp_path / "one" / "train_000000.bin").read_bytes() == (tmp_path / "two" / "train_000000.bin").read_bytes()
+    with pytest.raises(DataError, match="scratchgpt tokenizer train"):
+        prepare_corpus([tmp_path / "a.jsonl"], tmp_path / "three", "bpe", workers=1)
+    assert not (tmp_path / "three").exists()
+
+
+def test_our_bpe_tokenizer_separates_documents_with_its_endoftext(tmp_path):
+    from scratchgpt.tokenizers.bpe_train import train_bpe
+
+    tok = train_bpe(TEXTS[:50], 300)
+    write_jsonl(tmp_path / "a.jsonl", TEXTS + ["a forged <|endoftext|> stays text"])
+    meta = prepare_corpus([tmp_path / "a.jsonl"], tmp_path / "out", tok, workers=2).meta
+    assert meta["eot_id"] == tok.eot_id and meta["tokenizer"] == tok.to_json()
+    got = []
+    for split in ("train", "val"):
+        got += [tok.decode(d) for d in docs_of(read_split(tmp_path / "out", split), tok.eot_id)]
+    assert sorted(got) == sorted(TEXTS + ["a forged <|endoftext|> stays text"])

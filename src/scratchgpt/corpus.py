@@ -39,7 +39,7 @@ import numpy as np
 from .corpus_sources import Source, check_sources, expand_inputs, parse_jsonl, read_documents
 from .errors import DataError
 from .fileio import atomic_write_text
-from .tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json
+from .tokenizers import CharTokenizer, Tokenizer
 
 CORPUS_FORMAT = 2  # meta.json with a "shards" list (format 1: one train.bin and val.bin)
 DEFAULT_SHARD_TOKENS = 100_000_000
@@ -58,26 +58,14 @@ class Prepared:
 
 
 def resolve_tokenizer(spec: str) -> Tokenizer | None:
-    """`char` (None: the vocabulary comes from the corpus), a directory holding `tokenizer.json` or a
-    prepared `meta.json`, or a registered tokenizer name such as `gpt2`."""
+    """None for `char` (its vocabulary comes from the corpus, in a first pass); otherwise what `--tokenizer`
+    names without needing the corpus: gpt2, or a directory (tokenizer.json, a prepared meta.json, GPT-2
+    files). Learned kinds (word, bpe, spm) are trained first with `scratchgpt tokenizer train`."""
     if spec == "char":
         return None
-    p = Path(spec)
-    if p.is_dir():
-        for name in ("tokenizer.json", "meta.json"):
-            if (p / name).is_file():
-                try:
-                    obj = json.loads((p / name).read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    raise DataError(f"'{p / name}' is not readable JSON") from None
-                return tokenizer_from_json(obj.get("tokenizer") if name == "meta.json" else obj)
-        raise DataError(f"tokenizer directory '{p}' holds no tokenizer.json or meta.json")
-    from . import tokenizers
+    from .tokenizers.resolve import get_tokenizer
 
-    by_name = getattr(tokenizers, "get_tokenizer", None)
-    if by_name is None:
-        raise DataError(f"tokenizer '{spec}' is not available; use 'char' or a directory with tokenizer.json")
-    return by_name(spec)
+    return get_tokenizer(spec)
 
 
 def vocab_size_of(tok: Any) -> int:
