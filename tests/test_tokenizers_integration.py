@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 from pathlib import Path
 
@@ -100,6 +101,16 @@ def test_gpt2_json_records_the_file_and_checks_its_size(tmp_path, monkeypatch, o
         tokenizer_from_json({**obj, "n_vocab": 50257})
     with pytest.raises(UserError, match=GPT2_ENV):  # recorded file gone, nothing set, offline
         tokenizer_from_json({**obj, "source": str(tmp_path / "moved")})
+
+
+def test_real_gpt2_ids_when_a_local_copy_is_given():
+    """Runs where $SCRATCHGPT_TIKTOKEN_GPT2 points at OpenAI's own GPT-2 encoder.json (nothing is downloaded)."""
+    if not os.environ.get(GPT2_ENV):
+        pytest.skip(f"set {GPT2_ENV} to OpenAI's GPT-2 encoder.json to check the real ids")
+    tok = load_gpt2()
+    assert tok.vocab_size == 50257 and tok.eot_id == 50256
+    assert tok.encode("Hello world") == [15496, 995] and tok.encode(" the") == [262] and tok.encode("!") == [0]
+    assert tok.decode(tok.encode(TEXT)) == TEXT
 
 
 @pytest.mark.parametrize("content", ["not json at all {", '{"a": "b"}', "bm90IGEgcmFuaw== x\n"])
