@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from scratchgpt import checkpoint as ckpt
 from scratchgpt.cli import main as cli_main
-from scratchgpt.config import TrainConfig, from_dict
+from scratchgpt.config import TrainConfig, from_dict, load_recipe
 from scratchgpt.errors import UserError
 from scratchgpt.models import GPT, GPTConfig
 from scratchgpt.train import configure_optimizer, lr_at, train
@@ -33,8 +33,9 @@ def rows(run: Path, kind: str) -> list[dict]:
 
 
 def resume_config(data_dir, max_iters: int):
-    # the schedule's horizon is pinned (lr_decay_iters) so that the short run follows the long one's lr
-    return tiny_config(data_dir, max_iters=max_iters, lr_decay_iters=2 * N, eval_interval=N)
+    # the schedule's horizon is pinned (lr_decay_iters) so that the short run follows the long one's lr;
+    # two micro-batches per step, so the data position saved mid-stream matters too
+    return tiny_config(data_dir, max_iters=max_iters, lr_decay_iters=2 * N, eval_interval=N, grad_accum_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,7 @@ def test_ctrl_c_saves_and_resume_continues(small_text_dir, tmp_path):
     recipe.write_text(
         f'[data]\ndir = "{small_text_dir}"\n'
         "[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\ndropout = 0.1\n"
-        "[train]\nmax_iters = 1000000\nbatch_size = 4\nlog_interval = 1\neval_interval = 100000\n"
+        "[train]\nmax_iters = 1000000\nlr_decay_iters = 1000\nbatch_size = 4\nlog_interval = 1\neval_interval = 100000\n"
         'eval_iters = 2\nwarmup_iters = 2\ndevice = "cpu"\n'
     )
     run = tmp_path / "run"
@@ -251,5 +252,11 @@ def test_ctrl_c_saves_and_resume_continues(small_text_dir, tmp_path):
     # --resume continues from the saved step (in-process: the same CLI code, without a second start-up)
     assert cli_main(["train", "--resume", str(run), "--quiet", f"--train.max_iters={stopped + 3}"]) == 0
     assert json.loads((run / ckpt.STATE_JSON).read_text())["step"] == stopped + 3
-    steps = [r["step"] for r in rows(run, "train")]
-    assert steps == list(range(1, stopped + 4))
+    resumed = rows(run, "train")
+    assert [r["step"] for r in resumed] == list(range(1, stopped + 4))
+    # and exactly: the interrupted-then-resumed run is the run that was never interrupted
+    straight = tmp_path / "straight"
+    train(load_recipe(recipe, [f"--train.max_iters={stopped + 3}"]), out_dir=straight, progress=False)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in rows(straight, "train")]
+    a, b = load_file(run / ckpt.MODEL), load_file(straight / ckpt.MODEL)
+    assert all(torch.equal(a[k], b[k]) for k in a)
