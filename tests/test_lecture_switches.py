@@ -43,7 +43,7 @@ def lecture_head(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.
 
 def test_defaults_unchanged():
     c = GPTConfig()
-    assert (c.residual, c.attn_proj, c.norm, c.mlp, c.n_head, c.pos_emb, c.init) == (
+    assert (c.residual, c.attn_proj, c.norm, c.mlp, c.n_head, c.pos_emb, c.init_scheme) == (
         True, True, "layernorm", "gelu", 6, "learned", "gpt2")
     attn = CausalSelfAttention(cfg())
     assert isinstance(attn.c_proj, nn.Linear)
@@ -105,7 +105,7 @@ def test_attn_proj_off_has_no_c_proj():
 
 def test_torch_init_keeps_each_modules_pytorch_default():
     torch.manual_seed(6)
-    lecture, gpt2 = GPT(cfg(init="torch", tie_weights=False)), GPT(cfg(tie_weights=False))
+    lecture, gpt2 = GPT(cfg(init_scheme="torch", tie_weights=False)), GPT(cfg(tie_weights=False))
     assert 0.9 < lecture.wte.weight.std().item() < 1.1  # nn.Embedding: N(0, 1)
     w = lecture.h[0].attn.c_attn.weight
     assert w.abs().max().item() <= 32**-0.5  # nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
@@ -115,7 +115,7 @@ def test_torch_init_keeps_each_modules_pytorch_default():
     torch.manual_seed(7)
     by_hand = nn.Embedding(65, 32)  # the same draws, in the same order, as the model's first module
     torch.manual_seed(7)
-    assert torch.equal(GPT(cfg(init="torch")).wte.weight, by_hand.weight)
+    assert torch.equal(GPT(cfg(init_scheme="torch")).wte.weight, by_hand.weight)
 
 
 # ---- single head and multi-head are the lecture's Head and MultiHeadAttention ---------------------------
@@ -200,7 +200,7 @@ def test_lecture_recipe_builds_its_step(name):
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (layers, heads, width, block, dropout)
     model = build_model(replace(m, vocab_size=65))
     assert model.lm_head.weight is not model.wte.weight  # the lecture's lm_head is its own matrix
-    assert m.init == "torch"  # the video's init: each module's PyTorch default
+    assert m.init_scheme == "torch"  # the video's init: each module's PyTorch default
     blocks = list(model.h)
     assert all((b.attn.c_proj is not None) == proj for b in blocks)
     assert all((b.mlp is not None) == mlp for b in blocks)

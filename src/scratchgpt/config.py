@@ -83,7 +83,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pos_emb": ("learned", "rope", "none"),
     "model.norm": ("layernorm", "rmsnorm", "none"),
     "model.mlp": ("gelu", "gelu_tanh", "relu", "relu2", "none"),
-    "model.init": ("gpt2", "torch"),
+    "model.init_scheme": ("gpt2", "torch"),
     "train.lr_schedule": ("cosine", "linear", "constant"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.dtype": ("auto", "float32", "bfloat16"),

@@ -38,7 +38,7 @@ class GPTConfig:
     attn_proj: bool = True  # output projection after attention (the lecture adds it with residuals)
     qk_norm: bool = False
     rope_base: float = 10000.0
-    init: str = "gpt2"  # gpt2 (below) | torch: each module's PyTorch default, as in the lecture's video
+    init_scheme: str = "gpt2"  # gpt2 (reset_parameters) | torch: PyTorch's defaults, as in the lecture's video
     init_std: float = 0.02
 
 
@@ -199,7 +199,7 @@ class GPT(nn.Module):
             cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base, torch.device("cpu"))
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        if cfg.init == "gpt2":
+        if cfg.init_scheme == "gpt2":
             self.reset_parameters()
 
     def reset_parameters(self) -> None:
