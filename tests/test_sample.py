@@ -118,3 +118,19 @@ def test_prompt_and_prompt_file_together_is_an_error(capsys, run_dir, tmp_path):
     path.write_text(PROMPT, encoding="utf-8")
     assert cli_main(["sample", str(run_dir), "--prompt", "x", "--prompt-file", str(path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_model_vocab_padded_past_the_tokenizer(capsys, small_text_dir, tmp_path):
+    # model.vocab_size may exceed the data's (padding, as nanoGPT pads GPT-2's to 50304): the extra ids
+    # have no character, so they must never be sampled
+    from dataclasses import replace
+
+    cfg = tiny_config(small_text_dir, max_iters=1, eval_interval=1)
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=128))
+    train(cfg, out_dir=tmp_path / "padded", progress=False)
+    model, tok, _ = load_model(tmp_path / "padded")
+    assert model.config.vocab_size == 128 > tok.vocab_size
+    for temperature in ("1.0", "0"):
+        out = sample(capsys, tmp_path / "padded", "--prompt", PROMPT, "--max-new-tokens", "200", "--seed", "1",
+                     "--temperature", temperature)
+        assert len(out) == len(PROMPT) + 200 + 1 and set(out) <= set(tok.chars)

@@ -159,6 +159,12 @@ class Engine:
         self.cached = isinstance(model, GPT)
         emb = model.lm_head if self.cached else model.token_embedding_table
         self.vocab_size = emb.out_features if self.cached else emb.num_embeddings
+        # a model may pad its vocabulary past the tokenizer's (model.vocab_size above the data's): ids the
+        # tokenizer cannot decode are never sampled
+        n_tok = getattr(tokenizer, "vocab_size", None)
+        self._unusable = None
+        if isinstance(n_tok, int) and 0 < n_tok < self.vocab_size:
+            self._unusable = torch.arange(self.vocab_size, device=self.device) >= n_tok  # (V,)
         self.graphs = cuda_graphs and self.device.type == "cuda" and self.cached
         self.sync_every = sync_every or (16 if self.device.type == "cuda" else 1)
         self._decoders: dict[int, _Decoder] = {}
@@ -209,6 +215,10 @@ class Engine:
         gen.manual_seed(seed)
         run = self._run_cached if use_cache and self.cached else self._run_uncached
         return self._guarded(run(prompts, num_samples, settings, gen))
+
+    def _usable(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) with the ids past the tokenizer's vocabulary set to -inf."""
+        return logits if self._unusable is None else logits.masked_fill(self._unusable, float("-inf"))
 
     def _guarded(self, steps: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Run each step in eval mode without autograd; grad mode is not left off between steps."""
@@ -270,7 +280,7 @@ class Engine:
         out = torch.empty(B, n, dtype=torch.long, device=dev)  # (B, n) the new tokens
         last = 0
         for t in range(n):
-            nxt = sample_next(logits, s, gen)  # (B,)
+            nxt = sample_next(self._usable(logits), s, gen)  # (B,)
             out[:, t] = nxt
             if t + 1 - last >= self.sync_every or t == n - 1:
                 yield out[:, last : t + 1].cpu()
@@ -300,7 +310,7 @@ class Engine:
                 window = torch.tensor([seq[starts[r]:]], dtype=torch.long, device=self.device)  # (1, T)
                 logits, _ = self.model(window, last_only=True)
                 rows.append(logits[0, -1, :].float())
-            nxt = sample_next(torch.stack(rows), s, gen)  # (B,)
+            nxt = sample_next(self._usable(torch.stack(rows)), s, gen)  # (B,)
             for seq, tok in zip(seqs, nxt.tolist(), strict=True):
                 seq.append(tok)
             yield nxt[:, None].cpu()
