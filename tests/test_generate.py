@@ -46,7 +46,7 @@ def make_gpt(vocab: int, seed: int = 0, **kw) -> GPT:
 MODELS = {
     "char": dict(vocab=65),
     "bpe": dict(vocab=1024, pos_emb="rope", norm="rmsnorm", qk_norm=True, tie_weights=False, mlp="relu2"),
-    "gpt2_shape": dict(vocab=50257, bias=True, n_layer=2, n_head=4, n_embd=64, block_size=32),
+    "gpt2_shape": dict(vocab=50257, bias=True, mlp="gelu_tanh", n_layer=2, n_head=4, n_embd=64, block_size=32),
     "big_vocab": dict(vocab=100277, n_layer=1, n_embd=16, block_size=24),
 }
 
@@ -210,6 +210,37 @@ def test_byte_model_streams_complete_characters():
     assert list(engine.stream("\u00fcber", max_new_tokens=5, temperature=0))  # a multi-byte prompt is fine
 
 
+def test_padded_model_vocabulary_is_never_sampled():
+    engine = Engine(make_gpt(320, seed=6, init_std=0.5), ByteTokenizer(256))
+    ids = engine.generate_ids([[65, 66]], max_new_tokens=200, seed=1)[0]
+    assert max(ids) < 256
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    from scratchgpt.tokenizers.bpe_train import train_bpe
+
+    text = "caf\u00e9 \u00fcber na\u00efve \u2603 \u65e5\u672c\u8a9e \U0001f600 the quick brown fox. " * 20
+    return train_bpe([text], vocab_size=300)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet="ab \u00e9\u00fc\u2603\u65e5\u672c\U0001f600", max_size=30))
+def test_bpe_stream_yields_only_whole_characters(bpe_tokenizer, text):
+    ids = bpe_tokenizer.encode(text)
+    ts = TextStream(bpe_tokenizer, context=bpe_tokenizer.encode("x"))
+    pieces = [ts.push(i) for i in ids] + [ts.finish()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_bpe_model_generates_through_the_engine(bpe_tokenizer):
+    model = make_gpt(bpe_tokenizer.vocab_size, seed=8)
+    engine = Engine(model, bpe_tokenizer)
+    text = engine.generate("caf\u00e9 \u2603", max_new_tokens=40, seed=2)
+    assert isinstance(text, str) and text == "".join(engine.stream("caf\u00e9 \u2603", max_new_tokens=40, seed=2))
+    assert engine.encode("") == [bpe_tokenizer.eot_token]  # the empty prompt starts at <|endoftext|>
+
+
 def test_empty_prompt_starts_from_newline_or_end_of_text():
     assert char_engine().encode("") == [0]  # "\n" is id 0 in tiny Shakespeare's vocabulary
     assert Engine(make_gpt(300), ByteTokenizer(300, eot=256)).encode("") == [256]
@@ -256,6 +287,18 @@ def test_settings_after_a_stream_leave_grad_mode_alone():
     next(it)
     assert torch.is_grad_enabled()  # between pieces the caller's autograd state is its own
     it.close()
+
+
+def test_the_graph_shaped_step_on_cpu():
+    """What the CUDA graph runs (whole-capacity attention under a mask, tokens back every few steps), eagerly."""
+    model = model_for("bpe")
+    prompts = prompts_for(model, [2, 7, 16])
+    s = SamplingSettings(max_new_tokens=40, temperature=0.7, top_k=20, seed=2)
+    engine = Engine(model, sync_every=6)
+    engine._full_view = True
+    chunks = list(engine.token_steps(prompts, s))
+    assert [c.size(1) for c in chunks] == [6] * 6 + [4]
+    assert torch.cat(chunks, dim=1).tolist() == Engine(model).generate_ids(prompts, s, use_cache=False)
 
 
 @pytest.mark.gpu

@@ -115,7 +115,11 @@ class _Decoder:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
         if graphs:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as e:  # an op that cannot be captured on this build: decode eagerly instead
+                self.graph = None
+                echo(f"note: CUDA graph capture failed ({str(e).splitlines()[0]}); decoding without a graph")
 
     def _forward(self, view_len: int) -> torch.Tensor:
         slot = self.slot.clamp(max=self.cache.capacity - 1)  # a row about to slide computes junk, then re-prefills
@@ -167,6 +171,7 @@ class Engine:
             self._unusable = torch.arange(self.vocab_size, device=self.device) >= n_tok  # (V,)
         self.graphs = cuda_graphs and self.device.type == "cuda" and self.cached
         self.sync_every = sync_every or (16 if self.device.type == "cuda" else 1)
+        self._full_view = self.graphs  # attend over the whole capacity under a mask, as the graph does
         self._decoders: dict[int, _Decoder] = {}
         self._said_truncated = False
 
@@ -289,7 +294,7 @@ class Engine:
                 break
             slide = [r for r in range(B) if ctx[r] == W]  # the new token would make the window W + 1 long
             if len(slide) < B:
-                logits = dec.step(nxt, min(max(ctx) + 1, W)).float()
+                logits = dec.step(nxt, W if self._full_view else min(max(ctx) + 1, W)).float()
             if slide:
                 windows = torch.stack([torch.cat((prompt_t[r // ns], out[r, : t + 1]))[-keep:] for r in slide])
                 logits[slide] = self._prefill(dec, slide, windows)
