@@ -72,6 +72,8 @@ def cases(trained, small_text_dir, tmp_path_factory) -> dict[str, dict]:
         "missing_recipe": {"args": ["train", base / "nope.toml"], "expect": ["nope.toml", "not found"]},
         "prompt_char": {"args": ["sample", trained, "--prompt", "h\u00e9llo", "--max-new-tokens", "5"],
                         "expect": ["'\u00e9'", "position 1"], "no_stdout": True},
+        "prompt_bytes": {"args": ["sample", trained, "--prompt", b"ab\xffc", "--max-new-tokens", "5"],
+                         "expect": ["U+DCFF", "position 2"], "no_stdout": True},  # undecodable argv bytes
         "prompt_file_char": {"args": ["sample", trained, "--prompt-file", base / "prompt.txt"],
                              "expect": ["'\u00fc'", "position 4"], "no_stdout": True},
         "not_a_run": {"args": ["sample", base / "not_a_run"], "expect": ["not a run directory"]},
@@ -95,7 +97,8 @@ def results(cases, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(name: str) -> subprocess.CompletedProcess:
-        argv = [sys.executable, "-m", "scratchgpt.cli", *map(str, cases[name]["args"])]
+        args = [a if isinstance(a, bytes) else str(a) for a in cases[name]["args"]]
+        argv = [sys.executable, "-m", "scratchgpt.cli", *args]
         return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -103,7 +106,7 @@ def results(cases, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
 
 
 CASES = ["unknown_key", "unknown_key_in_recipe", "wrong_type", "wrong_choice", "missing_data", "missing_recipe",
-         "prompt_char", "prompt_file_char", "not_a_run", "corrupt_checkpoint", "resume_shape", "resume_not_a_run",
+         "prompt_char", "prompt_bytes", "prompt_file_char", "not_a_run", "corrupt_checkpoint", "resume_shape", "resume_not_a_run",
          "prepare_empty", "prepare_binary", "prepare_short"]
 
 

@@ -49,9 +49,10 @@ def test_roundtrip_over_corpus_vocab(text):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.text(min_size=1, max_size=200))
+@given(st.text(st.characters(exclude_categories=()), min_size=1, max_size=200))
 def test_roundtrip_arbitrary_text_with_its_own_vocab(text):
-    # any code point (astral planes, combining marks, NUL) survives a round trip through its own tokenizer
+    # any code point (astral planes, combining marks, NUL, lone surrogates) survives a round trip through
+    # its own tokenizer
     tok = CharTokenizer.from_text(text)
     assert tok.vocab_size == len(set(text))
     assert tok.decode(tok.encode(text)) == text
@@ -73,6 +74,14 @@ def test_unknown_char_names_char_and_position(prefix, bad, suffix):
 def test_unknown_char_first_of_several_is_reported(corpus_tok):
     with pytest.raises(UserError, match=r"'é' \(U\+00E9\) at position 3"):
         corpus_tok.encode("Caf\u00e9 \u00fcber")
+
+
+def test_lone_surrogate_is_an_unknown_character(corpus_tok):
+    # what undecodable bytes on a command line become (surrogateescape): a clean error, not a crash
+    text = b"ab\xffc".decode("utf-8", errors="surrogateescape")
+    with pytest.raises(UserError, match=r"U\+DCFF\) at position 2"):
+        corpus_tok.encode(text)
+    assert corpus_tok.decode(corpus_tok.encode(text, errors="replace")) == "ab?c"
 
 
 def test_errors_replace_and_ignore(corpus_tok):

@@ -15,7 +15,9 @@ from ..errors import CheckpointError, UserError
 
 
 def _codepoints(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    # surrogatepass: a lone surrogate (undecodable bytes in argv arrive as U+DC80..U+DCFF) is then an
+    # unknown character like any other, not a UnicodeEncodeError
+    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
 
 
 class CharTokenizer:
