@@ -134,3 +134,17 @@ def test_model_vocab_padded_past_the_tokenizer(capsys, small_text_dir, tmp_path)
         out = sample(capsys, tmp_path / "padded", "--prompt", PROMPT, "--max-new-tokens", "200", "--seed", "1",
                      "--temperature", temperature)
         assert len(out) == len(PROMPT) + 200 + 1 and set(out) <= set(tok.chars)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-new-tokens", "-1"], "max new tokens"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top-k", "0"], "top-k"),
+    (["--num-samples", "0"], "number of samples"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_sampling_arguments_are_user_errors(capsys, run_dir, args, message):
+    capsys.readouterr()
+    assert cli_main(["sample", str(run_dir), *args]) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith("error: ") and message in out.err and out.out == ""

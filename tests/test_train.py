@@ -260,3 +260,15 @@ def test_ctrl_c_saves_and_resume_continues(small_text_dir, tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in rows(straight, "train")]
     a, b = load_file(run / ckpt.MODEL), load_file(straight / ckpt.MODEL)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_device_names():
+    from scratchgpt.train import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            resolve_device("cuda:0")

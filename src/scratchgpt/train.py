@@ -54,11 +54,16 @@ def resolve_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA GPU is available; use --train.device=cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("train.device is 'mps' but MPS is not available; use --train.device=cpu or auto")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # sample/serve take --device as free text
+        raise UserError(f"unknown device '{name}'; use auto, cpu, cuda or mps") from None
+    # the messages name no flag: train (train.device), sample and serve (--device) all come here
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' was asked for but no CUDA GPU is available; use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{name}' was asked for but MPS is not available; use cpu or auto")
+    return device
 
 
 def autocast_context(device: torch.device, dtype: str):
