@@ -21,7 +21,7 @@ from scratchgpt.sampling import SamplingSettings  # noqa: E402
 from scratchgpt.serve import ServeLimits, create_app  # noqa: E402
 from scratchgpt.serve.scheduler import Scheduler  # noqa: E402
 from scratchgpt.tokenizers import CharTokenizer  # noqa: E402
-from serve_util import make_run, running_server, wait_for  # noqa: E402
+from serve_util import held_after, make_run, running_server, wait_for  # noqa: E402
 
 LIMITS = ServeLimits(max_batch=8, max_tokens=300, max_n=4, max_prompt_tokens=100, max_waiting=16)
 
@@ -247,21 +247,14 @@ def test_malformed_bodies_and_client_errors(server, client):
 def test_a_client_that_disconnects_mid_stream_frees_its_lanes(server):
     base, sched, _ = server
     before = sched.stats()["tokens_generated"]
-    with httpx.stream("POST", f"{base}/v1/completions",
-                      json={"prompt": "line", "max_tokens": 300, "n": 2, "stream": True}) as r:
-        assert r.status_code == 200
-        lines = r.iter_lines()
-        assert next(lines).startswith("data: ")
-        sched.pause()  # hold decoding so the request cannot simply run to its end
-        try:
-            wait_for(lambda: sched.stats()["active_rows"] == 2, what="the request to hold two lanes")
-        except AssertionError:
-            sched.resume()
-            raise
-    try:  # the response is closed: the server cancels the job
+    with held_after(sched, 4):  # the scheduler holds after a few tokens: the request cannot run to its end
+        with httpx.stream("POST", f"{base}/v1/completions",
+                          json={"prompt": "line", "max_tokens": 300, "n": 2, "stream": True}) as r:
+            assert r.status_code == 200
+            assert next(r.iter_lines()).startswith("data: ")
+            wait_for(lambda: sched._paused and sched.stats()["active_rows"] == 2, what="the request to hold two lanes")
+        # the response is closed: the server cancels the job while the scheduler still holds
         wait_for(lambda: sched._active and all(j.cancelled for j in sched._active), what="the cancel")
-    finally:
-        sched.resume()
     wait_for(lambda: sched.stats()["active_rows"] == 0, what="the lanes to be freed")
     assert sched.stats()["tokens_generated"] - before < 2 * 300  # it stopped early
     assert httpx.get(f"{base}/health").json()["status"] == "ok"

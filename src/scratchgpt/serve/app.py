@@ -289,31 +289,33 @@ def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits
 
 async def _stream(job: Job, queue: asyncio.Queue, cid: str, created: int, model: str,
                   echoes: list[str] | None, include_usage: bool):
-    """Server-sent events for one job; leaving early (the client went away) cancels it."""
+    """Server-sent events for one job; leaving early (the client went away) cancels it. Events that queued up
+    while the client was being written to go out in one write (one event each still)."""
     started = set()
     try:
         while True:
-            ev = await queue.get()
-            if ev[0] == "text":
-                row, text = ev[1], ev[2]
-                if echoes is not None and row not in started:
-                    text = echoes[row] + text
-                started.add(row)
-                yield sse(completion(cid, created, model, [choice(row, text, None)], None))
-            elif ev[0] == "finish":
-                row = ev[1]
-                text = echoes[row] if echoes is not None and row not in started else ""
-                started.add(row)
-                yield sse(completion(cid, created, model, [choice(row, text, ev[2])], None))
-            elif ev[0] == "end":
-                if include_usage:
-                    yield sse(completion(cid, created, model, [], ev[1]))
-                yield sse("[DONE]")
+            events = [await queue.get()]
+            while not queue.empty():
+                events.append(queue.get_nowait())
+            out = []
+            for ev in events:
+                if ev[0] in ("text", "finish"):
+                    row = ev[1]
+                    text = ev[2] if ev[0] == "text" else ""
+                    if echoes is not None and row not in started:
+                        text = echoes[row] + text
+                    started.add(row)
+                    reason = ev[2] if ev[0] == "finish" else None
+                    out.append(sse(completion(cid, created, model, [choice(row, text, reason)], None)))
+                    continue
+                if ev[0] == "end" and include_usage:
+                    out.append(sse(completion(cid, created, model, [], ev[1])))
+                elif ev[0] == "error":
+                    out.append(sse(error_body(ev[1], None, "server_error")))
+                out.append(sse("[DONE]"))
+                yield "".join(out)
                 return
-            else:
-                yield sse(error_body(ev[1], None, "server_error"))
-                yield sse("[DONE]")
-                return
+            yield "".join(out)
     finally:
         job.cancel()  # a no-op once it has ended
 
