@@ -80,12 +80,13 @@ def _tiny(kind: str):
     torch.manual_seed(0)
     if kind == "bigram":
         return BigramLanguageModel(TOK.vocab_size, 8)
-    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=TOK.vocab_size,
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, init_std=0.2,
+                    vocab_size=TOK.vocab_size + (50 if kind == "padded" else 0),  # ids the tokenizer cannot decode
                     pos_emb="rope" if kind == "rope" else "learned")
     return GPT(cfg).eval()
 
 
-@pytest.mark.parametrize("kind", ["gpt", "rope", "bigram"])
+@pytest.mark.parametrize("kind", ["gpt", "rope", "padded", "bigram"])
 def test_scheduler_matches_engine_whatever_runs_beside(kind):
     """Jobs batched together (different prompts, lengths, n, settings, windows sliding past the block) give
     exactly what the engine gives each of them alone with the same seed."""

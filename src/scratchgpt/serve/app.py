@@ -260,7 +260,7 @@ def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits
     from ..generate import Engine
 
     engine = Engine(served.model, served.tokenizer)
-    vocab = engine.vocab_size
+    vocab = min(engine.vocab_size, served.tokenizer.vocab_size)  # ids the model knows and the tokenizer decodes
     ids, texts = [], []
     for p in raw:
         if isinstance(p, str):

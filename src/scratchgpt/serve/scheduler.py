@@ -97,6 +97,11 @@ class Scheduler:
             self.block_size = model.block_size
             self.vocab_size = model.token_embedding_table.num_embeddings
         self.keep = keep_after_slide(self.block_size)
+        # a model may pad its vocabulary past the tokenizer's: ids it cannot decode are never sampled (as in Engine)
+        n_tok = getattr(tokenizer, "vocab_size", None)
+        self._unusable = None
+        if isinstance(n_tok, int) and 0 < n_tok < self.vocab_size:
+            self._unusable = torch.arange(self.vocab_size, device=self.device) >= n_tok  # (V,)
         self.eot = getattr(tokenizer, "eot_token", None)
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []
@@ -248,7 +253,8 @@ class Scheduler:
             for row in job.rows:
                 self._finish(row, "length")
             return
-        nxt = sample_next(job.logits, s, job.generator).tolist()  # (rows,) one joint draw: the engine's numbers
+        logits = job.logits if self._unusable is None else job.logits.masked_fill(self._unusable, float("-inf"))
+        nxt = sample_next(logits, s, job.generator).tolist()  # (rows,) one joint draw: the engine's numbers
         job.steps += 1
         for row, tok in zip(job.rows, nxt, strict=True):
             row.seq.append(tok)  # a finished row still feeds its lane until the job leaves
