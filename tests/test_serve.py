@@ -143,6 +143,38 @@ def test_a_request_joins_a_running_batch_and_leaves_it():
         sched.stop()
 
 
+def test_bpe_model_streams_whole_characters_and_stops_at_endoftext():
+    from scratchgpt.tokenizers.bpe_train import train_bpe
+
+    tok = train_bpe(["caf\u00e9 \u00fcber \u2603 \u65e5\u672c\u8a9e \U0001f600 the quick brown fox. " * 20], vocab_size=300)
+    torch.manual_seed(8)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=tok.vocab_size, init_std=0.2))
+    eng = Engine(model.eval(), tok)
+    sched = Scheduler(model, tok, max_batch=4).start()
+    try:
+        c = Collector()
+        s = SamplingSettings(max_new_tokens=40, seed=2)
+        sched.submit([eng.encode("caf\u00e9 \u2603")], 1, s, c)
+        assert c.done.wait(20)
+        ids = eng.generate_ids([eng.encode("caf\u00e9 \u2603")], s)[0]
+        if tok.eot_token in ids:  # the server stops there; the engine generates through it
+            ids = ids[: ids.index(tok.eot_token)]
+        assert c.rows(1) == [tok.decode(ids)]  # pieces streamed whole add up to the text
+    finally:
+        sched.stop()
+    bigram = BigramLanguageModel(tok.vocab_size)
+    with torch.no_grad():  # a model whose every next token is <|endoftext|> after "the"
+        bigram.token_embedding_table.weight[tok.encode("the")[-1], tok.eot_token] = 100.0
+    sched = Scheduler(bigram, tok, max_batch=4).start()
+    try:
+        c = Collector()
+        sched.submit([tok.encode("the")], 1, SamplingSettings(max_new_tokens=40, temperature=0), c)
+        assert c.done.wait(20)
+        assert c.rows(1) == [""] and c.reasons == {0: "stop"} and c.end[1]["completion_tokens"] == 1
+    finally:
+        sched.stop()
+
+
 # ---- the API through the real openai client ----------------------------------------------------------------
 
 def test_models_health_info_and_page(server, client):
