@@ -2,11 +2,14 @@
 exit code 2, never a traceback, and leaves nothing half-written.
 
 The cases are independent processes, so the module starts them together (a few at a time) and each test
-checks one result: most of a case's time is importing torch.
+checks one result: most of a case's time is importing torch. Variations of a case already run as a process
+(`"process": False`) call the same `main` in this process instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -18,6 +21,7 @@ import pytest
 
 from conftest import tiny_config
 from scratchgpt import checkpoint as ckpt
+from scratchgpt.cli import main as cli_main
 from scratchgpt.train import train
 
 
@@ -60,21 +64,21 @@ def cases(trained, small_text_dir, tmp_path_factory) -> dict[str, dict]:
     return {
         "unknown_key": {"args": ["train", good, "--train.max_itres=5"],
                         "expect": ["unknown key 'train.max_itres'", "did you mean 'train.max_iters'"]},
-        "unknown_key_in_recipe": {"args": ["train", recipe(base / "typo.toml", small_text_dir), "--model.n_embed=8"],
+        "unknown_key_in_recipe": {"process": False, "args": ["train", recipe(base / "typo.toml", small_text_dir), "--model.n_embed=8"],
                                   "expect": ["unknown key 'model.n_embed'", "did you mean 'model.n_embd'"]},
         "wrong_type": {"args": ["train", good, "--train.max_iters=lots"],
                        "expect": ["'train.max_iters' must be int", "'lots'"]},
-        "wrong_choice": {"args": ["train", good, "--model.norm=batchnorm"],
+        "wrong_choice": {"process": False, "args": ["train", good, "--model.norm=batchnorm"],
                          "expect": ["'model.norm' must be one of"]},
         "missing_data": {"args": ["train", recipe(base / "nodata.toml", base / "no_such_data"), "--out", base / "nodata_run"],
                          "expect": ["no_such_data", "not prepared", "scratchgpt prepare"],
                          "absent": [base / "nodata_run"]},
-        "missing_recipe": {"args": ["train", base / "nope.toml"], "expect": ["nope.toml", "not found"]},
+        "missing_recipe": {"process": False, "args": ["train", base / "nope.toml"], "expect": ["nope.toml", "not found"]},
         "prompt_char": {"args": ["sample", trained, "--prompt", "h\u00e9llo", "--max-new-tokens", "5"],
                         "expect": ["'\u00e9'", "position 1"], "no_stdout": True},
-        "prompt_bytes": {"args": ["sample", trained, "--prompt", b"ab\xffc", "--max-new-tokens", "5"],
+        "prompt_bytes": {"process": False, "args": ["sample", trained, "--prompt", b"ab\xffc", "--max-new-tokens", "5"],
                          "expect": ["U+DCFF", "position 2"], "no_stdout": True},  # undecodable argv bytes
-        "prompt_file_char": {"args": ["sample", trained, "--prompt-file", base / "prompt.txt"],
+        "prompt_file_char": {"process": False, "args": ["sample", trained, "--prompt-file", base / "prompt.txt"],
                              "expect": ["'\u00fc'", "position 4"], "no_stdout": True},
         "not_a_run": {"args": ["sample", base / "not_a_run"], "expect": ["not a run directory"]},
         "corrupt_checkpoint": {"args": ["sample", corrupt, "--max-new-tokens", "5"],
@@ -83,7 +87,7 @@ def cases(trained, small_text_dir, tmp_path_factory) -> dict[str, dict]:
         "resume_shape": {"args": ["train", "--resume", resume, "--model.n_embd=32", "--quiet"],
                          "expect": ["does not match", "in the checkpoint"],
                          "unchanged": {p: p.read_bytes() for p in resume.iterdir()}},
-        "resume_not_a_run": {"args": ["train", "--resume", base / "not_a_run"], "expect": ["not a run directory"]},
+        "resume_not_a_run": {"process": False, "args": ["train", "--resume", base / "not_a_run"], "expect": ["not a run directory"]},
         **{f"prepare_{name}": {"args": ["prepare", "text", "--input", base / f"{name}.txt", "--out", base / f"out_{name}"],
                                "expect": [{"empty": "is empty", "binary": "not UTF-8", "short": "too short"}[name]],
                                "absent": [base / f"out_{name}"]}
@@ -101,8 +105,20 @@ def results(cases, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
         argv = [sys.executable, "-m", "scratchgpt.cli", *args]
         return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
+    def run_here(name: str) -> subprocess.CompletedProcess:
+        # bytes become what Python makes of undecodable argv bytes (surrogateescape)
+        args = [a.decode("utf-8", "surrogateescape") if isinstance(a, bytes) else str(a) for a in cases[name]["args"]]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd):
+            rc = cli_main(args)  # an exception escaping here (a traceback in a real run) fails the test
+        return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+
+    in_process = [name for name in cases if cases[name].get("process") is False]
+    processes = [name for name in cases if name not in in_process]
+    results = {name: run_here(name) for name in in_process}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(cases, pool.map(run, cases), strict=True))
+        results.update(zip(processes, pool.map(run, processes), strict=True))
+    return results
 
 
 CASES = ["unknown_key", "unknown_key_in_recipe", "wrong_type", "wrong_choice", "missing_data", "missing_recipe",
