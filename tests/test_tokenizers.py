@@ -148,6 +148,7 @@ def test_special_token_examples(bpe):
 def test_lone_surrogates_are_replaced_like_tiktoken_does(bpe):
     s = "a\ud800b"
     assert bpe.encode(s) == bpe.reference_encode(s) and bpe.decode(bpe.encode(s)) == "a\ufffdb"
+    assert bpe.encode_array(s).tolist() == bpe.encode(s)
 
 
 def test_decode_of_an_unknown_id_is_a_user_error(bpe):

@@ -77,7 +77,11 @@ class TiktokenTokenizer:
     def encode_array(self, text: str, allowed_special: AllowedSpecial = ()) -> np.ndarray:
         """Like encode, straight into an int64 array (no Python list of a million ints on the way)."""
         allowed = self._allowed(allowed_special) if allowed_special else set()
-        return self._enc.encode_to_numpy(text, allowed_special=allowed, disallowed_special=()).astype(np.int64)
+        try:
+            ids = self._enc.encode_to_numpy(text, allowed_special=allowed, disallowed_special=())
+        except UnicodeEncodeError:  # a lone surrogate: repair as encode() does, rather than fail
+            ids = self._enc.encode_to_numpy(_no_surrogates(text), allowed_special=allowed, disallowed_special=())
+        return ids.astype(np.int64)
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         """The raw bytes of ids: a streaming decoder can hold back a character split across two tokens."""

@@ -53,10 +53,10 @@ class WordTokenizer:
         return np.fromiter((get(w, 0) for w in self._split.findall(text)), dtype=np.int64)
 
     def decode(self, ids: list[int]) -> str:
-        try:
-            return "".join(self.words[i] for i in ids)
-        except (IndexError, TypeError):
-            raise UserError(f"a token id in {list(ids)[:8]} is not in this vocabulary of {self.vocab_size}") from None
+        ids = [int(i) for i in ids]
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise UserError(f"a token id in {ids[:8]} is not in this vocabulary of {self.vocab_size}")
+        return "".join(self.words[i] for i in ids)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "words": self.words[1:]}
