@@ -307,19 +307,15 @@ def test_cli_prepare_with_a_directory_that_is_not_a_tokenizer(tmp_path, capsys, 
     assert not (tmp_path / "data").exists()
 
 
-def test_cli_prepare_unknown_tokenizer_name(tmp_path, capsys):
+@pytest.mark.parametrize("args, words", [
+    (["--tokenizer", "bpx"], ["did you mean 'bpe'"]),
+    (["--tokenizer", "bpe", "--vocab-size", "100"], ["too small", "at least 257"]),
+])
+def test_cli_prepare_bad_tokenizer_name_or_size(tmp_path, capsys, args, words):
     (tmp_path / "a.txt").write_text(CORPUS, encoding="utf-8")
-    code, _, err = run_cli(capsys, "prepare", "text", "--input", str(tmp_path / "a.txt"), "--tokenizer", "bpx",
+    code, _, err = run_cli(capsys, "prepare", "text", "--input", str(tmp_path / "a.txt"), *args,
                            "--out", str(tmp_path / "data"))
-    assert_one_line_error(code, err, "did you mean 'bpe'")
-    assert not (tmp_path / "data").exists()
-
-
-def test_cli_prepare_bpe_vocab_too_small(tmp_path, capsys):
-    (tmp_path / "a.txt").write_text(CORPUS, encoding="utf-8")
-    code, _, err = run_cli(capsys, "prepare", "text", "--input", str(tmp_path / "a.txt"), "--tokenizer", "bpe",
-                           "--vocab-size", "100", "--out", str(tmp_path / "data"))
-    assert_one_line_error(code, err, "too small")
+    assert_one_line_error(code, err, *words)
     assert not (tmp_path / "data").exists()
 
 
