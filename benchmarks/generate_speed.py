@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--no-uncached", action="store_true", help="skip the uncached path (slow on big models)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
+    ap.add_argument("--window", choices=["full", "half"], default="half",
+                    help="sliding policy past the block (both paths use it); full recomputes the block every token")
     args = ap.parse_args()
 
     if args.threads:
@@ -62,7 +64,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
     n_params = model.num_params() / 1e6
     engine = Engine(model, cuda_graphs=not args.no_cuda_graphs)
-    s = SamplingSettings(max_new_tokens=args.new_tokens, temperature=1.0, top_k=200, seed=1337)
+    s = SamplingSettings(max_new_tokens=args.new_tokens, temperature=1.0, top_k=200, seed=1337, window=args.window)
     rows = []
     for batch in args.batch:
         g = torch.Generator().manual_seed(batch)
@@ -75,7 +77,7 @@ def main() -> None:
             dt_u = timed(engine, prompts, s, False, device)
             rows.append(("uncached", batch, batch * args.new_tokens / dt_u, dt_u))
     print(f"model {args.model}: {n_params:.2f}M parameters, block {model.config.block_size}, "
-          f"prompt {args.prompt_len} tokens, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+          f"prompt {args.prompt_len} tokens, window {args.window}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print(f"{'path':<10}{'device':<8}{'batch':>6}{'new tokens':>12}{'seconds':>10}{'tokens/s':>12}{'speedup':>9}")
     for path, batch, tps, dt in rows:
         base = next((r[2] for r in rows if r[0] == "uncached" and r[1] == batch), None)

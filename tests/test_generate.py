@@ -61,15 +61,16 @@ def prompts_for(model: GPT, lengths: list[int], seed: int = 1) -> list[list[int]
     return [torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
 
 
+@pytest.mark.parametrize("window", ["full", "half"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_greedy_cached_equals_uncached_past_the_block(name):
+def test_greedy_cached_equals_uncached_past_the_block(name, window):
     model = model_for(name)
     engine = Engine(model)
     W = model.config.block_size
     prompts = prompts_for(model, [3, W // 2 + 1, W])
     n = 3 * W  # slides several times
-    cached = engine.generate_ids(prompts, temperature=0, max_new_tokens=n)
-    plain = engine.generate_ids(prompts, temperature=0, max_new_tokens=n, use_cache=False)
+    cached = engine.generate_ids(prompts, temperature=0, max_new_tokens=n, window=window)
+    plain = engine.generate_ids(prompts, temperature=0, max_new_tokens=n, use_cache=False, window=window)
     assert cached == plain
     assert all(len(row) == n for row in cached)
     assert len({t for row in cached for t in row}) > 3  # not a degenerate constant stream
@@ -114,11 +115,16 @@ def test_batched_greedy_equals_alone_property(lengths, n, samples):
 _PROPERTY_MODEL = make_gpt(65, seed=3, n_layer=1, block_size=12, pos_emb="rope")
 
 
-def test_sliding_policy_matches_a_hand_written_loop():
-    """The documented policy, written out plainly: a window of at most W; when full, keep the newest ceil(W/2)."""
+@pytest.mark.parametrize("window", ["full", "half"])
+def test_sliding_policy_matches_a_hand_written_loop(window):
+    """The documented policy, written out plainly: a window of at most W; when full, keep the newest W
+    ("full": the lecture's crop to the last block, every token) or the newest ceil(W/2) ("half")."""
     model = make_gpt(65, seed=5, block_size=10)
-    W, keep = 10, keep_after_slide(10)
-    assert keep == 5 and keep_after_slide(7) == 4 and keep_after_slide(1) == 1
+    W, keep = 10, keep_after_slide(10, window)
+    if window == "half":
+        assert keep == 5 and keep_after_slide(7) == 4 and keep_after_slide(1) == 1
+    else:
+        assert keep == W
     prompt = prompts_for(model, [14])[0]
     seq, start = prompt[-W:], 0
     for _ in range(40):
@@ -127,7 +133,19 @@ def test_sliding_policy_matches_a_hand_written_loop():
         with torch.no_grad():
             logits, _ = model(torch.tensor([seq[start:]]))
         seq.append(int(logits[0, -1].argmax()))
-    assert Engine(model).generate_ids([prompt], temperature=0, max_new_tokens=40)[0] == seq[W:]
+    assert Engine(model).generate_ids([prompt], temperature=0, max_new_tokens=40, window=window)[0] == seq[W:]
+
+
+def test_full_window_is_the_lectures_crop_to_the_last_block():
+    """The default: every step sees exactly the last block_size tokens, as `idx[:, -block_size:]` does."""
+    model = make_gpt(65, seed=6, block_size=8)
+    prompt = prompts_for(model, [3])[0]
+    seq = list(prompt)
+    for _ in range(30):
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([seq[-8:]]))
+        seq.append(int(logits[0, -1].argmax()))
+    assert Engine(model).generate_ids([prompt], temperature=0, max_new_tokens=30)[0] == seq[3:]
 
 
 def test_bigram_goes_through_the_uncached_path():

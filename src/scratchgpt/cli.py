@@ -100,7 +100,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
         prompt = read_utf8(args.prompt_file)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, stop=tuple(args.stop or ()), seed=args.seed)
+                                top_p=args.top_p, stop=tuple(args.stop or ()), seed=args.seed,
+                                window=args.window)
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
@@ -233,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--top-k", type=int, default=None)
     ps.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this mass")
     ps.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
+    ps.add_argument("--window", choices=["full", "half"], default="full",
+                    help="past the block size: keep the last block every token (full, the lecture's) or slide "
+                         "by half-blocks (half: several times faster for long generations)")
     ps.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, generated as one batch")
     ps.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     ps.add_argument("--interactive", action="store_true",

@@ -14,10 +14,15 @@ masks keys past it, so a batch gives each row what generating it alone gives.
 Sliding policy (one policy, used by the cached engine and by the uncached reference alike). The context
 is a window of the token sequence of at most W = block_size tokens; positions count from the window's
 start. A prompt longer than W keeps its last W tokens (said once). When the next token would make the
-window W + 1 long, the window jumps forward: it becomes the last ceil(W / 2) tokens (the oldest half is
-dropped) and the engine re-prefills those into the row's lane, which also gives the next logits. The
-reference runs the model on exactly the same window at every step, so the two agree token for token, and
-the cost past the block is one half-window prefill per W / 2 tokens rather than a full window per token.
+window W + 1 long, the window moves forward and the engine re-prefills it into the row's lane, which also
+gives the next logits. How far it moves is the `window` setting:
+- "full" (default): the window becomes the last W tokens, every token: exactly what the lecture's
+  crop-to-the-last-block computes. With learned absolute positions every position shifts at each step, so
+  past the block each token costs one full-window prefill (the cache speeds up everything before that).
+- "half": the window becomes the last ceil(W / 2) tokens (the oldest half is dropped), so past the block
+  the cost is one half-window prefill per W / 2 tokens: 5-10x faster for long generations, with a context
+  that shrinks to half a block at each jump.
+The reference runs the model on exactly the same window at every step, so the two agree token for token.
 
 CUDA. The decode step (fixed batch, whole-capacity attention with a mask, positions and slots read from
 device tensors that the step itself advances) is captured once per batch size as a CUDA graph and replayed
@@ -42,9 +47,9 @@ __all__ = ["Engine", "KVCache", "MAX_NEW_TOKENS_CAP", "SamplingSettings", "gener
            "stream"]
 
 
-def keep_after_slide(block_size: int) -> int:
-    """Tokens the window keeps when it slides: the newest ceil(W / 2), i.e. the oldest half is dropped."""
-    return block_size - block_size // 2
+def keep_after_slide(block_size: int, window: str = "half") -> int:
+    """Tokens the window keeps when it slides: all W ("full": the last block) or the newest ceil(W / 2)."""
+    return block_size if window == "full" else block_size - block_size // 2
 
 
 class KVCache:
@@ -265,7 +270,7 @@ class Engine:
 
     def _run_cached(self, prompts: list[list[int]], ns: int, s: SamplingSettings,
                     gen: torch.Generator) -> Iterator[torch.Tensor]:
-        W, keep, dev = self.block_size, keep_after_slide(self.block_size), self.device
+        W, keep, dev = self.block_size, keep_after_slide(self.block_size, s.window), self.device
         B, n = len(prompts) * ns, s.max_new_tokens
         if n == 0:
             return
@@ -304,7 +309,7 @@ class Engine:
     def _run_uncached(self, prompts: list[list[int]], ns: int, s: SamplingSettings,
                       gen: torch.Generator) -> Iterator[torch.Tensor]:
         """The reference: every step runs the model on each row's whole window (same sliding policy)."""
-        W, keep = self.block_size, keep_after_slide(self.block_size)
+        W, keep = self.block_size, keep_after_slide(self.block_size, s.window)
         seqs = [list(prompts[r // ns]) for r in range(len(prompts) * ns)]
         starts = [0] * len(seqs)  # where each row's window begins in its sequence
         for _ in range(s.max_new_tokens):

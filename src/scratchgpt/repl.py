@@ -19,11 +19,11 @@ from .generate import Engine
 from .sampling import SamplingSettings
 
 HELP = """type text and press Enter: the model continues it; an empty line continues further.
-commands: /temperature X   /top_k N|none   /top_p X   /max_new_tokens N   /seed N|none
+commands: /temperature X   /top_k N|none   /top_p X   /max_new_tokens N   /seed N|none   /window full|half
           /stop TEXT (add a stop string, \\n for a newline; /stop alone clears)   /settings   /reset (forget the text)
           /help   /quit (or end of input)"""
 
-SETTINGS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop")
+SETTINGS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop", "window")
 OTHER = ("settings", "reset", "help", "quit", "exit")
 
 
@@ -47,6 +47,8 @@ def apply_command(line: str, s: SamplingSettings) -> tuple[SamplingSettings, str
     if name == "stop":  # \n and \t stand for a newline and a tab, so a blank line can be a stop string
         arg = arg.replace("\\n", "\n").replace("\\t", "\t")
         return s.replace(stop=(*s.stop, arg) if arg else ()), None
+    if name == "window":
+        return s.replace(window=arg), None
     if not arg:
         raise UserError(f"/{name} needs a value, e.g. /{name} {getattr(s, name) if getattr(s, name) is not None else 1}")
     kind = float if name in ("temperature", "top_p") else int
@@ -56,7 +58,7 @@ def apply_command(line: str, s: SamplingSettings) -> tuple[SamplingSettings, str
 def describe(s: SamplingSettings) -> str:
     return (f"temperature {s.temperature:g}, top_k {s.top_k or 'none'}, top_p {s.top_p:g}, "
             f"max_new_tokens {s.max_new_tokens}, seed {'none' if s.seed is None else s.seed}, "
-            f"stop {list(s.stop) if s.stop else 'none'}")
+            f"stop {list(s.stop) if s.stop else 'none'}, window {s.window}")
 
 
 def run_repl(engine: Engine, settings: SamplingSettings, read: Callable[[], str] | None = None,

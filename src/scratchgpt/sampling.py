@@ -25,6 +25,9 @@ MAX_STOP_LEN = 1_000
 _HOLD_INCOMPLETE = 4  # tokens held back at most while the decoded text ends in U+FFFD (a UTF-8 char is <= 4 bytes)
 
 
+WINDOWS = ("full", "half")
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How to pick tokens and when to stop. `top_k` None and `top_p` 1.0 disable those filters."""
@@ -35,6 +38,7 @@ class SamplingSettings:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a fresh random seed each call
+    window: str = "full"  # past the block: full (keep the last block, as the lecture) | half (slide by half-blocks)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
@@ -62,6 +66,8 @@ class SamplingSettings:
                 raise UserError(f"each stop string must be text of 1 to {MAX_STOP_LEN} characters, got {s!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise UserError(f"seed must be a whole number, got {self.seed!r}")
+        if self.window not in WINDOWS:
+            raise UserError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
 
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)
