@@ -95,7 +95,7 @@ def test_scheduler_matches_engine_whatever_runs_beside(kind):
     sched = Scheduler(model, TOK, max_batch=8)
     jobs = [
         (["abc"], 1, SamplingSettings(max_new_tokens=40, temperature=0.8, top_k=5, seed=3)),
-        (["hello", "a"], 2, SamplingSettings(max_new_tokens=25, top_p=0.9, seed=7)),
+        (["hello", "a"], 2, SamplingSettings(max_new_tokens=25, top_p=0.9, seed=7, window="half")),
         (["ab"], 1, SamplingSettings(max_new_tokens=30, temperature=0)),
         (["p"], 1, SamplingSettings(max_new_tokens=0, seed=1)),
     ]
@@ -227,6 +227,8 @@ def test_n_prompts_echo_and_stop(server, client, engine):
     stop = greedy[8:10]
     r = client.completions.create(model=name, prompt="line", max_tokens=30, temperature=0, stop=[stop], echo=True)
     assert r.choices[0].text == "line" + greedy[: greedy.index(stop)] and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model=name, prompt="line", max_tokens=40, seed=2, extra_body={"window": "half"})
+    assert r.choices[0].text == engine.generate("line", max_new_tokens=40, seed=2, window="half")
     ids = server[2].tokenizer.encode("line")
     r = client.completions.create(model=name, prompt=ids, max_tokens=30, temperature=0)
     assert r.choices[0].text == greedy
@@ -240,6 +242,7 @@ def test_n_prompts_echo_and_stop(server, client, engine):
     ({"prompt": "x", "temperature": "hot"}, "temperature"),
     ({"prompt": "x", "top_p": 0}, "top_p"),
     ({"prompt": "x", "top_k": 0}, "top_k"),
+    ({"prompt": "x", "window": "quarter"}, "window"),
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "n": 5}, "n"),
     ({"prompt": ["a", "b", "c"], "n": 3}, "prompt"),
@@ -285,7 +288,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_lanes(server):
                           json={"prompt": "line", "max_tokens": 300, "n": 2, "stream": True}) as r:
             assert r.status_code == 200
             assert next(r.iter_lines()).startswith("data: ")
-            wait_for(lambda: sched._paused and sched.stats()["active_rows"] == 2, what="the request to hold two lanes")
+            wait_for(lambda: sched._paused and sched.stats()["active_rows"] == 2,
+                     what=lambda: f"the request to hold two lanes (paused {sched._paused}, {sched.stats()})")
         # the response is closed: the server cancels the job while the scheduler still holds
         wait_for(lambda: sched._active and all(j.cancelled for j in sched._active), what="the cancel")
     wait_for(lambda: sched.stats()["active_rows"] == 0, what="the lanes to be freed")

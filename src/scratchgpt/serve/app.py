@@ -281,7 +281,7 @@ def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits
         settings = SamplingSettings(
             max_new_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
             top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop or ()),
-            seed=body.seed)
+            seed=body.seed, **({"window": body.window} if body.window else {}))
     except UserError as e:  # the schema checks these first; this is the engine's word on anything left
         raise APIError(400, str(e)) from None
     return ids, texts, settings, n

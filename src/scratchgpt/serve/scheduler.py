@@ -14,8 +14,9 @@ A step. Cancelled jobs leave; waiting jobs join while lanes are free (first come
 prefilled into its lanes (one prefill per prompt, copied to its samples' lanes); every job samples one token
 per row from its logits, with its own generator (so a seed gives the same text whatever else is running,
 and the same text as `Engine` with that seed); finished jobs leave; then one batched forward over all the
-remaining lanes gives the next logits. The sliding-window policy is the engine's: a row whose window is full
-re-prefills its newest half. Models without a cache path (the bigram) run each row's window instead.
+remaining lanes gives the next logits. The sliding-window policy is the engine's, per job (its `window`
+setting): a row whose window is full re-prefills its last block ("full") or its newest half ("half"), rows
+of equal window length in one prefill. Models without a cache path (the bigram) run each row's window instead.
 
 Events reach the job's asyncio queue through `loop.call_soon_threadsafe`: ("text", row, piece),
 ("finish", row, reason) once per row, ("end", usage) last, or ("error", message).
@@ -51,6 +52,7 @@ class _Row:
     lane: int = -1
     ctx: int = 0  # tokens now in the lane
     start: int = 0  # where the window begins in seq (the uncached path)
+    keep: int = 0  # tokens the window keeps when it slides (the job's `window` setting)
     tokens: int = 0  # completion tokens counted until the row finished
     done: bool = False
 
@@ -96,7 +98,6 @@ class Scheduler:
         else:
             self.block_size = model.block_size
             self.vocab_size = model.token_embedding_table.num_embeddings
-        self.keep = keep_after_slide(self.block_size)
         # a model may pad its vocabulary past the tokenizer's: ids it cannot decode are never sampled (as in Engine)
         n_tok = getattr(tokenizer, "vocab_size", None)
         self._unusable = None
@@ -232,6 +233,7 @@ class Scheduler:
             for _ in range(job.n):
                 row = _Row(job, len(job.rows), list(prompt), TextStream(self.tokenizer, job.settings.stop, prompt))
                 row.lane, row.ctx = len(self._lanes), len(prompt)
+                row.keep = keep_after_slide(self.block_size, job.settings.window)
                 self._lanes.append(row)
                 job.rows.append(row)
         self._active.append(job)
@@ -327,7 +329,7 @@ class Scheduler:
         if not self.cached:
             for r in rows:  # the engine's uncached reference: each row's whole window, same sliding policy
                 if len(r.seq) - r.start > W:
-                    r.start = len(r.seq) - self.keep
+                    r.start = len(r.seq) - r.keep
                 logits[r.lane] = self._prefill([r.lane], torch.tensor([r.seq[r.start:]], device=self.device))[0]
             slide = []
         elif len(slide) < A:
@@ -338,12 +340,12 @@ class Scheduler:
             view = _LaneView(self.cache, slot, view_len)
             out, _ = self.model(tokens, cache=view, attn_mask=mask, positions=slot[:, None], last_only=True)
             logits[:] = out[:, -1, :].float()
-        for lane in slide:
-            r = rows[lane]
-            window = torch.tensor([r.seq[-self.keep:]], device=self.device)  # (1, keep)
-            logits[lane] = self._prefill([lane], window)[0]
+        for keep in sorted({rows[lane].keep for lane in slide}):  # one prefill per window length
+            lanes = [lane for lane in slide if rows[lane].keep == keep]
+            windows = torch.tensor([rows[lane].seq[-keep:] for lane in lanes], device=self.device)  # (G, keep)
+            logits[lanes] = self._prefill(lanes, windows)
         for r in rows:
-            r.ctx = self.keep if r.ctx == W else r.ctx + 1
+            r.ctx = r.keep if r.ctx == W else r.ctx + 1
         for job in self._active:
             job.logits = logits[[r.lane for r in job.rows]]  # (rows, V)
 

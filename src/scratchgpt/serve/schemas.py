@@ -6,7 +6,8 @@ Does not own routing, the model, or how text is generated (`app.py`, `scheduler.
 
 Fields that OpenAI defines but this server cannot honour (logprobs, suffix, penalties, logit_bias, best_of
 other than n) are refused by name rather than silently ignored; an unknown field is refused like OpenAI does.
-`top_k` is an extension (as in vLLM); the `openai` client sends it through `extra_body`.
+`top_k` (as in vLLM) and `window` (the engine's sliding policy past the block: full | half) are extensions;
+the `openai` client sends them through `extra_body`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
@@ -80,6 +81,7 @@ class CompletionRequest(BaseModel):
     temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
     top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
     top_k: StrictInt | None = None
+    window: Literal["full", "half"] | None = None  # past the block: the engine's sliding policy
     n: Annotated[StrictInt, Field(ge=1)] | None = None
     stop: StrictStr | list[StrictStr] | None = None
     seed: StrictInt | None = None
