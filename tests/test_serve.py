@@ -282,6 +282,8 @@ def test_malformed_bodies_and_client_errors(server, client):
 
 def test_a_client_that_disconnects_mid_stream_frees_its_lanes(server):
     base, sched, _ = server
+    idle = lambda: sched.stats()["active_rows"] == 0 and sched.stats()["waiting_requests"] == 0  # noqa: E731
+    wait_for(idle, what=lambda: f"an idle scheduler ({sched.stats()})")
     before = sched.stats()["tokens_generated"]
     with held_after(sched, 4):  # the scheduler holds after a few tokens: the request cannot run to its end
         with httpx.stream("POST", f"{base}/v1/completions",
