@@ -289,7 +289,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_lanes(server):
         with httpx.stream("POST", f"{base}/v1/completions",
                           json={"prompt": "line", "max_tokens": 300, "n": 2, "stream": True}) as r:
             assert r.status_code == 200
-            assert next(r.iter_lines()).startswith("data: ")
+            lines = r.iter_lines()  # kept: a dropped line iterator closes the response, i.e. disconnects
+            assert next(lines).startswith("data: ")
             wait_for(lambda: sched._paused and sched.stats()["active_rows"] == 2,
                      what=lambda: f"the request to hold two lanes (paused {sched._paused}, {sched.stats()})")
         # the response is closed: the server cancels the job while the scheduler still holds
