@@ -325,6 +325,46 @@ def test_concurrent_requests_are_decoded_in_one_batch(server, client, engine):
         assert results[i] == engine.generate(p, max_new_tokens=20, seed=i)
 
 
+def test_many_streaming_clients_finish_or_fail_cleanly_while_health_answers(server):
+    """A small load test (the benchmark runs 50): more clients than lanes and than the queue holds; each stream
+    ends with [DONE] and its tokens, or gets a clean 503; /health answers throughout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, sched, _ = server
+    old, sched.max_waiting = sched.max_waiting, 4
+    health: list[int] = []
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            health.append(httpx.get(f"{base}/health", timeout=10).status_code)
+            stop.wait(0.05)
+
+    def client(i):
+        body = {"prompt": f"line {i}", "max_tokens": 24, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as r:
+            if r.status_code != 200:
+                r.read()
+                return r.status_code, r.json()["error"]["code"]
+            lines = [line for line in r.iter_lines() if line]
+            usage = json.loads(lines[-2][6:])["usage"]
+            return lines[-1], usage["completion_tokens"]
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(client, range(20)))
+    finally:
+        stop.set()
+        poller.join()
+        sched.max_waiting = old
+    assert all(r in (("data: [DONE]", 24), (503, "overloaded")) for r in results), results
+    assert results.count(("data: [DONE]", 24)) >= 4  # at least what the queue holds got through
+    assert health and set(health) == {200}
+    assert sched.stats()["active_rows"] == 0
+
+
 def test_a_full_queue_answers_503_and_recovers(server, client):
     base, sched, served = server
     sched.pause()
