@@ -272,3 +272,24 @@ def test_device_names():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def test_schedule_by_time_decays_by_the_clock():
+    """With train.schedule_by_time the decay is as far along as the larger of steps and elapsed time."""
+    from scratchgpt.config import from_dict
+    from scratchgpt.optim import lr_at
+
+    t = from_dict({"train": {"max_iters": 1000, "warmup_iters": 10, "learning_rate": 1e-3, "min_lr": 1e-4,
+                             "time_limit": 100.0, "schedule_by_time": True}}).train
+    assert lr_at(500, t, 0.0) == pytest.approx(lr_at(500, t))  # clock behind the steps: steps decide
+    assert lr_at(20, t, 0.5) == pytest.approx(lr_at(505, t))  # clock ahead: half the decay is done
+    assert lr_at(20, t, 1.0) == pytest.approx(1e-4)  # deadline: min_lr
+    assert lr_at(5, t, 0.9) == lr_at(5, t)  # warmup is by steps
+
+
+def test_schedule_by_time_needs_a_time_limit():
+    from scratchgpt.config import from_dict
+    from scratchgpt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="time_limit"):
+        from_dict({"train": {"schedule_by_time": True}})

@@ -59,6 +59,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     time_limit: float = 0.0  # seconds from launch after which training stops (0: none)
+    schedule_by_time: bool = False  # decay the lr over time_limit too, so it ends by the deadline (1 process)
     stop_val_loss: float = 0.0  # stop at the first evaluation whose val loss is at most this (0: never)
     optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)
     muon_lr: float = 0.02  # Muon's peak lr; it follows the same warmup and decay as learning_rate
@@ -219,6 +220,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'train.learning_rate' must be positive and 'train.min_lr' not negative")
     if t.muon_lr <= 0 or t.dist_timeout <= 0 or t.peak_flops < 0:
         raise ConfigError("'train.muon_lr' and 'train.dist_timeout' must be positive and 'train.peak_flops' not negative")
+    if t.schedule_by_time and t.time_limit <= 0:
+        raise ConfigError("'train.schedule_by_time' needs 'train.time_limit' (seconds) to decay the lr over")
     if t.optimizer == "muon" and t.fsdp:
         raise ConfigError("'train.fsdp' shards every matrix over the ranks and Muon needs whole matrices; "
                           "use train.optimizer = adamw with FSDP, or DDP (train.fsdp = false) with Muon")

@@ -107,23 +107,30 @@ def configure_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) 
     return OptimizerSet([adamw, muon_opt]) if muon else adamw
 
 
-def lr_at(step: int, t: TrainConfig) -> float:
-    """Linear warmup from 0 to learning_rate, then cosine (or linear) decay to min_lr, then flat."""
+def lr_at(step: int, t: TrainConfig, time_frac: float | None = None) -> float:
+    """Linear warmup from 0 to learning_rate, then cosine (or linear) decay to min_lr, then flat.
+
+    With `time_frac` (the share of train.time_limit used so far, for train.schedule_by_time), the decay
+    is as far along as the larger of the step's and the clock's progress, so it ends by the deadline.
+    """
     if t.lr_schedule == "constant":
         return t.learning_rate
     if step < t.warmup_iters:
         return t.learning_rate * (step + 1) / (t.warmup_iters + 1)
     decay_iters = t.lr_decay_iters or t.max_iters
-    if step >= decay_iters:
-        return t.min_lr
     frac = (step - t.warmup_iters) / max(1, decay_iters - t.warmup_iters)
+    if time_frac is not None:
+        frac = max(frac, time_frac)
+    if frac >= 1.0:
+        return t.min_lr
     coeff = 0.5 * (1.0 + math.cos(math.pi * frac)) if t.lr_schedule == "cosine" else 1.0 - frac
     return t.min_lr + coeff * (t.learning_rate - t.min_lr)
 
 
-def set_lr(optimizer: torch.optim.Optimizer | OptimizerSet, step: int, t: TrainConfig) -> float:
+def set_lr(optimizer: torch.optim.Optimizer | OptimizerSet, step: int, t: TrainConfig,
+           time_frac: float | None = None) -> float:
     """Apply the schedule to every group (Muon's groups scaled to train.muon_lr); return AdamW's lr."""
-    lr = lr_at(step, t)
+    lr = lr_at(step, t, time_frac)
     for group in optimizer.param_groups:
         group["lr"] = lr * (t.muon_lr / t.learning_rate) if group.get("muon") else lr
     return lr

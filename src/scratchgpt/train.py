@@ -183,6 +183,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
             f"train.batch_size ({t.batch_size}) is the global batch and must split evenly over the "
             f"{dist.world_size} processes; use a multiple of {dist.world_size}"
         )
+    if t.schedule_by_time and dist.enabled:  # each rank's clock differs, and their lrs must not
+        raise D.DistributedError("train.schedule_by_time follows one process's clock; set it false under torchrun")
     if t.fsdp and not dist.enabled:
         raise D.DistributedError("train.fsdp shards the model over several processes; launch with "
                                  "`torchrun --nproc_per_node N -m scratchgpt.cli train ...` (N >= 2) or set it false")
@@ -315,7 +317,8 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
     tick, tick_step = time.time(), step
     with _StopFlag() as stop:
         while step < t.max_iters:
-            lr = set_lr(optimizer, step, t)
+            time_frac = (time.time() - launch) / t.time_limit if t.schedule_by_time else None
+            lr = set_lr(optimizer, step, t, time_frac)
             for micro in range(t.grad_accum_steps):
                 # DDP all-reduces gradients in backward; only the last micro-step needs it
                 sync = ddp is None or micro == t.grad_accum_steps - 1
