@@ -293,3 +293,17 @@ def test_schedule_by_time_needs_a_time_limit():
 
     with pytest.raises(ConfigError, match="time_limit"):
         from_dict({"train": {"schedule_by_time": True}})
+
+
+def test_eval_at_start_logs_the_untrained_loss(small_text_dir, tmp_path):
+    import math
+
+    from scratchgpt.train import train
+
+    cfg = tiny_config(small_text_dir, max_iters=4, eval_at_start=True)
+    train(cfg, out_dir=tmp_path / "run", progress=False)
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert evals[0]["step"] == 0
+    vocab = json.loads((small_text_dir / "meta.json").read_text())["vocab_size"]
+    assert abs(evals[0]["val_loss"] - math.log(vocab)) < 0.15  # GPT-2 init: near-uniform predictions

@@ -50,6 +50,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     eval_interval: int = 250
     eval_iters: int = 200  # random batches per split per evaluation
+    eval_at_start: bool = False  # also evaluate the untrained model (step 0)
     full_val: bool = False  # evaluate val on every window of the split instead of eval_iters batches
     eval_batch_size: int = 0  # 0: same as batch_size
     log_interval: int = 10

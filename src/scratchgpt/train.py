@@ -312,6 +312,8 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
     model.train()
     stopped = "done"
     lr = lr_at(step, t)
+    if t.eval_at_start and step == 0:
+        evaluate()  # the untrained model's loss: about ln(vocab) when the init is right
     x, y = loader.get_batch()
     bar = tqdm(total=t.max_iters, initial=step, disable=not (progress and main), unit="step", dynamic_ncols=True)
     tick, tick_step = time.time(), step

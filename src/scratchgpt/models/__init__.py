@@ -14,7 +14,7 @@ from .gpt import GPT, GPTConfig
 def build_model(cfg: GPTConfig) -> nn.Module:
     """Instantiate the module a (resolved) model config describes."""
     if getattr(cfg, "arch", "gpt") == "bigram":
-        return BigramLanguageModel(cfg.vocab_size, cfg.block_size)
+        return BigramLanguageModel(cfg.vocab_size, cfg.block_size, cfg.init_scheme, cfg.init_std)
     return GPT(cfg)
 
 

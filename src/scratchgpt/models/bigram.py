@@ -13,10 +13,14 @@ import torch.nn.functional as F
 class BigramLanguageModel(nn.Module):
     """A vocab x vocab embedding table read straight out as logits."""
 
-    def __init__(self, vocab_size: int, block_size: int = 8):
+    def __init__(self, vocab_size: int, block_size: int = 8, init_scheme: str = "gpt2", init_std: float = 0.02):
         super().__init__()
         self.block_size = block_size  # only bounds the context the sampler feeds; a bigram looks at one token
-        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)  # PyTorch's default: N(0, 1)
+        if init_scheme == "gpt2":
+            # near-zero logits: every next token equally likely, so the first loss is ln(vocab) (4.17 for 65);
+            # the video keeps N(0, 1) (init_scheme = "torch") and starts higher, at about 4.9
+            nn.init.normal_(self.token_embedding_table.weight, mean=0.0, std=init_std)
 
     def num_params(self, non_embedding: bool = True) -> int:
         return sum(p.numel() for p in self.parameters())
