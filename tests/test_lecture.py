@@ -104,9 +104,9 @@ def test_lecture_without_data_is_one_sentence(tmp_path, capsys):
 
 def test_samples_are_one_table_cell():
     row = {"step": "1_bigram", "params": 4225, "iters": 3000, "train_loss": 2.45, "val_loss": 2.49, "seconds": 12.0,
-           "cpu_seconds": 11.0, "sample": "KING:\nO | <you>\n&", "machine": "m", "date": "d"}
+           "cpu_seconds": 11.0, "sample": "KING:\nO | <you>\n&'t", "machine": "m", "date": "d"}
     text = results_markdown([row], "cpu")
     line = next(ln for ln in text.splitlines() if ln.startswith("| 1_bigram"))
-    assert "KING:<br>O &#124; &lt;you&gt;<br>&amp;" in line
+    assert "KING:<br>O &#124; &lt;you&gt;<br>&amp;'t" in line
     assert len(re.findall(r"(?<!\\) \| ", line)) == 8  # nine cells
     assert "`7_scaled_up`: `model.n_embd=192`" not in text  # only the steps present are listed

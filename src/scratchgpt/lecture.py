@@ -234,7 +234,7 @@ def run_lecture(budget: str = "cpu", device: str = "auto", data_dir: str | Path 
 
 def _cell(text: str) -> str:
     """Sample text as one Markdown table cell: HTML-escaped, pipes escaped, newlines as <br>."""
-    return html.escape(text).replace("|", "&#124;").replace("\n", "<br>")
+    return html.escape(text, quote=False).replace("|", "&#124;").replace("\n", "<br>")
 
 
 def _duration(seconds: float) -> str:
