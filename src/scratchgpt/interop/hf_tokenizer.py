@@ -1,17 +1,19 @@
 """Byte-level BPE tokenizers to and from Hugging Face's GPT-2 files (vocab.json + merges.txt).
 
-Owns the byte <-> printable-character table GPT-2's files use, turning tiktoken-style merge ranks
+Owns turning tiktoken-style merge ranks
 (`{token bytes: id}`) into vocab.json / merges.txt and back, recognising GPT-2's own vocabulary in a
 Hugging Face directory, and finding the ranks behind one of our tokenizers for export. Does not own the
-tokenizers themselves (`tokenizers/`) or the weights (`interop/hf.py`).
+tokenizers themselves (`tokenizers/`, where `gpt2.bytes_to_unicode` holds the byte <-> printable-character table GPT-2's files
+use) or the weights (`interop/hf.py`).
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
+
+from ..tokenizers.gpt2 import bytes_to_unicode
 
 # GPT-2's pre-tokenizer, the one Hugging Face's GPT2Tokenizer always applies: a tokenizer with another
 # pattern would split text differently there, so export refuses it rather than write wrong files
@@ -22,20 +24,6 @@ GPT2_PATTERNS = frozenset({  # spellings of that one split: GPT-2's original, ou
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
 })
 EOT = "<|endoftext|>"
-
-
-@cache
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character, so vocab.json can hold any byte string."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
 def _to_text(token: bytes) -> str:

@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,23 @@ def _offline_error(detail: str = "") -> UserError:
     )
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's table from printable characters back to the bytes they stand for in encoder.json."""
+@cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character, so encoder.json / vocab.json can hold any bytes:
+    printable bytes other than space stand for themselves, the rest shift to chr(256 + n) in byte order."""
     visible = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    table = {chr(b): b for b in visible}
+    table = {b: chr(b) for b in visible}
     shifted = 0
     for b in range(256):
         if b not in visible:
-            table[chr(256 + shifted)] = b
+            table[b] = chr(256 + shifted)
             shifted += 1
-    return table
+    return dict(sorted(table.items(), key=lambda kv: ord(kv[1])))  # printable first, as GPT-2 lists them
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's table from printable characters back to the bytes they stand for in encoder.json."""
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def _ranks_from_file(path: Path) -> dict[bytes, int]:
