@@ -12,8 +12,17 @@ import pytest
 
 import scratchgpt.train as train_mod
 from scratchgpt.cli import main
+from scratchgpt.config import to_dict
 from scratchgpt.errors import UserError
-from scratchgpt.lecture import MARKER, STEPS, results_markdown, run_lecture, step_config
+from scratchgpt.lecture import (
+    MARKER,
+    STEPS,
+    identity_of,
+    results_markdown,
+    run_lecture,
+    same_run,
+    step_config,
+)
 
 NAMES = [s.name for s in STEPS]
 
@@ -110,3 +119,17 @@ def test_samples_are_one_table_cell():
     assert "KING:<br>O &#124; &lt;you&gt;<br>&amp;'t" in line
     assert len(re.findall(r"(?<!\\) \| ", line)) == 8  # nine cells
     assert "`7_scaled_up`: `model.n_embd=192`" not in text  # only the steps present are listed
+
+
+def test_a_setting_added_later_at_its_default_keeps_finished_steps_finished(small_text_dir):
+    new = identity_of(to_dict(step_config(STEPS[1], "tiny", "cpu", small_text_dir)))
+    assert same_run(new, new)
+    older = json.loads(json.dumps(new))
+    del older["model"]["qk_norm"], older["train"]["grad_clip"]  # as written before these settings existed
+    assert new["model"]["qk_norm"] is False and new["train"]["grad_clip"] == 0.0  # recipe: not the default 1.0
+    assert not same_run(older, new)  # grad_clip is not at its default: the old run computed something else
+    del new["train"]["grad_clip"]
+    assert same_run(older, new)  # qk_norm is at its default: the same run
+    assert not same_run(older, {**new, "model": {**new["model"], "qk_norm": True}})
+    assert not same_run({**older, "model": {**older["model"], "n_embd": 64}}, new)
+    assert not same_run(None, new)

@@ -109,7 +109,7 @@ def step_config(step: Step, budget: str, device: str, data_dir: str | Path | Non
     return load_recipe((recipes or recipes_dir()) / f"{step.name}.toml", overrides)
 
 
-def _identity(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+def identity_of(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """What a run computes: the resolved config without where it runs, through JSON so types compare."""
     d = json.loads(json.dumps(cfg_dict))
     d.pop("name", None)
@@ -118,9 +118,30 @@ def _identity(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def same_run(old: Any, new: dict[str, Any]) -> bool:
+    """Whether a run recorded with identity `old` computes what `new` asks for.
+
+    A setting added to the code since `old` was written counts as the same when `new` leaves it at its
+    default (so a new option does not make every finished step stale); one since removed is ignored.
+    """
+    if not isinstance(old, dict):
+        return False
+    defaults = identity_of(to_dict(Config()))
+    for section, values in new.items():
+        before = old.get(section)
+        if not isinstance(before, dict):
+            return False
+        missing = object()
+        for key, value in values.items():
+            expected = before.get(key, defaults.get(section, {}).get(key, missing))
+            if expected != value:
+                return False
+    return True
+
+
 def _run_identity(run_dir: Path) -> dict[str, Any] | None:
     try:
-        return _identity(json.loads((run_dir / ckpt.CONFIG).read_text(encoding="utf-8"))["config"])
+        return identity_of(json.loads((run_dir / ckpt.CONFIG).read_text(encoding="utf-8"))["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -138,7 +159,7 @@ def _finished(run_dir: Path, identity: dict[str, Any], max_iters: int) -> dict[s
         marker = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if marker.get("config") != identity or _trained_step(run_dir) < max_iters:
+    if not same_run(marker.get("config"), identity) or _trained_step(run_dir) < max_iters:
         return None
     return marker
 
@@ -166,7 +187,7 @@ def _train_step(step: Step, cfg: Config, run_dir: Path, identity: dict[str, Any]
 
     marker = run_dir / MARKER
     marker.unlink(missing_ok=True)
-    resume = run_dir if _run_identity(run_dir) == identity and 0 <= _trained_step(run_dir) else None
+    resume = run_dir if same_run(_run_identity(run_dir), identity) and 0 <= _trained_step(run_dir) else None
     prior = 0.0
     if resume is not None:
         prior = float(json.loads((run_dir / ckpt.STATE_JSON).read_text(encoding="utf-8")).get("elapsed", 0.0))
@@ -206,7 +227,7 @@ def run_lecture(budget: str = "cpu", device: str = "auto", data_dir: str | Path 
         cfg = step_config(step, budget, device, data_dir, recipes)
         meta = load_meta(cfg.data.dir)  # a missing data directory is one sentence naming `scratchgpt prepare`
         cfg = ckpt.resolved_model_config(cfg, meta["vocab_size"])
-        identity = _identity(to_dict(cfg))
+        identity = identity_of(to_dict(cfg))
         run_dir = Path(runs_dir) / budget / step.name
         done = _finished(run_dir, identity, cfg.train.max_iters)
         if done is not None:
