@@ -205,11 +205,13 @@ def test_bigram_learns_the_small_corpus(small_text_dir, tmp_path):
         "model": {"arch": "bigram", "block_size": 8},
         "train": {"max_iters": 300, "batch_size": 32, "learning_rate": 1e-2, "lr_schedule": "constant",
                   "warmup_iters": 0, "weight_decay": 0.01, "grad_clip": 0.0, "eval_interval": 300, "eval_iters": 10,
-                  "log_interval": 50, "device": "cpu", "dtype": "float32"},
+                  "log_interval": 50, "device": "cpu", "dtype": "float32", "eval_at_start": True},
     })
     result = train(cfg, out_dir=tmp_path / "bigram", progress=False)
-    first = rows(tmp_path / "bigram", "train")[0]["loss"]
-    assert result.last_eval["val"] < 3.0 < first
+    first = rows(tmp_path / "bigram", "eval")[0]
+    vocab = json.loads((small_text_dir / "meta.json").read_text())["vocab_size"]
+    assert first["step"] == 0 and abs(first["val_loss"] - math.log(vocab)) < 0.05  # uniform start
+    assert result.last_eval["val"] < 3.0 < first["val_loss"]
 
 
 # ---- Ctrl-C -----------------------------------------------------------------------------------------
