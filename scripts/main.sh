@@ -2,11 +2,7 @@
 # The main job on a fresh machine: set up, prepare tiny Shakespeare, train the recipe that fits the machine,
 # sample. The corpus comes from $SCRATCHGPT_TINYSHAKESPEARE when set, else it is downloaded.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
+. "$(dirname "$0")/venv.sh"
 if python -c 'import torch' 2>/dev/null; then :;
 elif command -v nvidia-smi >/dev/null 2>&1; then python -m pip install -q torch;   # a CUDA build
 else python -m pip install -q "torch==2.13.0"; fi                                 # the CPU build
