@@ -312,19 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args, rest, launch) if args.command == "train" else _cmd_bench(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.command == "prepare":
-            return _cmd_prepare(args)
-        if args.command == "export":
-            return _cmd_export(args)
-        if args.command == "import-hf":
-            return _cmd_import_hf(args)
-        if args.command == "tokenizer":
-            return _cmd_tokenizer(args)
-        if args.command == "lecture":
-            return _cmd_lecture(args)
-        if args.command == "serve":
-            return _cmd_serve(args)
-        return _cmd_sample(args)
+        commands = {"prepare": _cmd_prepare, "export": _cmd_export, "import-hf": _cmd_import_hf,
+                    "tokenizer": _cmd_tokenizer, "lecture": _cmd_lecture, "serve": _cmd_serve,
+                    "sample": _cmd_sample}
+        return commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
