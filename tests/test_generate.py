@@ -222,10 +222,20 @@ def test_stream_yields_only_whole_characters(text):
 
 
 def test_byte_model_streams_complete_characters():
-    engine = Engine(make_gpt(256, seed=2), ByteTokenizer())
-    out = engine.generate("h\u00e9llo \u2603", max_new_tokens=30, seed=4)
-    assert isinstance(out, str)
-    assert list(engine.stream("\u00fcber", max_new_tokens=5, temperature=0))  # a multi-byte prompt is fine
+    """A byte-level model whose every token splits a character: the streamed pieces are whole characters and
+    add up to the text. The model is a bigram table set by hand to cycle through the bytes of "\u00e9\u2603"
+    (c3 a9 e2 98 83), so greedy decoding writes that text over and over."""
+    tok = ByteTokenizer()
+    cycle = list("\u00e9\u2603".encode("utf-8"))
+    model = BigramLanguageModel(256, block_size=16).eval()
+    with torch.no_grad():
+        model.token_embedding_table.weight.zero_()
+        for a, b in zip(cycle, cycle[1:] + cycle[:1], strict=True):
+            model.token_embedding_table.weight[a, b] = 10.0
+    engine = Engine(model, tok)
+    pieces = list(engine.stream("\u00e9", max_new_tokens=5 * 7, temperature=0))
+    assert "".join(pieces) == "\u2603\u00e9" * 7
+    assert all(set(p) <= {"\u00e9", "\u2603"} for p in pieces) and len(pieces) == 14  # each character once whole
 
 
 def test_padded_model_vocabulary_is_never_sampled():

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-import scratchgpt.train as train_mod
+import scratchgpt.lecture as lecture_mod
 from scratchgpt.cli import main
 from scratchgpt.config import to_dict
 from scratchgpt.errors import UserError
@@ -38,13 +38,13 @@ def table_rows(path) -> dict[str, list[str]]:
 
 def counting_train(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real = train_mod.train
+    real = lecture_mod.train
 
     def spy(cfg, *args, **kwargs):
         calls.append(cfg.name)
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train", spy)
+    monkeypatch.setattr(lecture_mod, "train", spy)
     return calls
 
 
@@ -87,9 +87,9 @@ def test_interrupted_step_resumes_exactly(small_text_dir, tmp_path, monkeypatch)
     runs = tmp_path / "runs"
     step = STEPS[1]
     cfg = step_config(step, "tiny", "cpu", small_text_dir)
-    straight = train_mod.train(cfg, out_dir=tmp_path / "straight", progress=False)
+    straight = lecture_mod.train(cfg, out_dir=tmp_path / "straight", progress=False)
     # stopped by a time limit after its first step, as a Ctrl-C or a crash would leave it
-    cut = train_mod.train(replace(cfg, train=replace(cfg.train, time_limit=1e-9)), out_dir=runs / "tiny" / step.name,
+    cut = lecture_mod.train(replace(cfg, train=replace(cfg.train, time_limit=1e-9)), out_dir=runs / "tiny" / step.name,
                           progress=False)
     assert cut.step < cfg.train.max_iters
     calls = counting_train(monkeypatch)

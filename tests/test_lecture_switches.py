@@ -3,6 +3,7 @@ attention is scaled by 1/sqrt(head size)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,14 +40,36 @@ def lecture_head(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.
     return F.softmax(wei, dim=-1) @ v  # (B, T, hs)
 
 
-# ---- the defaults stay the lecture's final GPT ------------------------------------------------------------
+# ---- the default model is nanoGPT's GPT ------------------------------------------------------------------
 
-def test_defaults_unchanged():
-    c = GPTConfig()
-    assert (c.residual, c.attn_proj, c.norm, c.mlp, c.n_head, c.pos_emb, c.init_scheme) == (
-        True, True, "layernorm", "gelu", 6, "learned", "gpt2")
-    attn = CausalSelfAttention(cfg())
-    assert isinstance(attn.c_proj, nn.Linear)
+def nanogpt_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """nanoGPT's model.py forward (bias off), written out from the module's own weights: token + position
+    embeddings; per block x + attn(ln_1(x)) and x + mlp(ln_2(x)) with an exact-GELU 4x MLP; ln_f; the head
+    tied to the token table."""
+    B, T = idx.shape
+    C, nh = model.config.n_embd, model.config.n_head
+    x = model.wte.weight[idx] + model.wpe.weight[:T]  # (B, T, C)
+    causal = torch.ones(T, T).tril().bool()
+    for blk in model.h:
+        h = F.layer_norm(x, (C,), blk.ln_1.weight)
+        q, k, v = (h @ blk.attn.c_attn.weight.T).split(C, dim=2)
+        q, k, v = (z.view(B, T, nh, C // nh).transpose(1, 2) for z in (q, k, v))  # (B, nh, T, hs)
+        att = (q @ k.transpose(-2, -1) / math.sqrt(C // nh)).masked_fill(~causal, float("-inf")).softmax(-1)
+        x = x + (att @ v).transpose(1, 2).reshape(B, T, C) @ blk.attn.c_proj.weight.T
+        h = F.layer_norm(x, (C,), blk.ln_2.weight)
+        x = x + F.gelu(h @ blk.mlp.c_fc.weight.T) @ blk.mlp.c_proj.weight.T
+    return F.layer_norm(x, (C,), model.ln_f.weight) @ model.wte.weight.T  # (B, T, vocab)
+
+
+def test_the_default_model_computes_nanogpts_gpt():
+    """Every switch left at its default builds nanoGPT's model (GELU, tied head, no bias), not the lecture's
+    (ReLU, untied head with biases: its recipes under configs/lecture/ set those)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=65)).eval()
+    assert model.lm_head.weight is model.wte.weight and not any(n.endswith("bias") for n, _ in model.named_parameters())
+    idx = torch.randint(65, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(model(idx)[0], nanogpt_forward(model, idx), atol=1e-5, rtol=0)
 
 
 # ---- residual off ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -146,27 +147,21 @@ def test_future_tokens_do_not_change_past_logits(pos_emb):
 
 # ---- the lecture's self-attention trick ---------------------------------------------------------------
 
-def test_three_ways_to_average_the_past_agree():
+@pytest.mark.parametrize("attention", ["sdpa", "manual"])
+def test_a_head_with_zero_affinities_averages_the_past(attention):
+    """The lecture's self-attention trick: with every affinity q.k zero, the masked softmax gives equal weight
+    to each past position, so a head of our attention returns the running mean of its values."""
     torch.manual_seed(1337)
     B, T, C = 4, 8, 2
     x = torch.randn(B, T, C)
-    # version 1: a for loop over the past
-    xbow = torch.zeros(B, T, C)
-    for b in range(B):
-        for t in range(T):
-            xbow[b, t] = x[b, : t + 1].mean(0)
-    # version 2: a lower-triangular matrix of weights that sum to one
-    wei = torch.tril(torch.ones(T, T))
-    wei = wei / wei.sum(1, keepdim=True)
-    xbow2 = wei @ x  # (T, T) @ (B, T, C) -> (B, T, C)
-    # version 3: masked softmax of zero affinities
-    tril = torch.tril(torch.ones(T, T))
-    wei3 = torch.zeros(T, T).masked_fill(tril == 0, float("-inf"))
-    wei3 = F.softmax(wei3, dim=-1)
-    xbow3 = wei3 @ x
-    assert torch.allclose(xbow, xbow2, atol=1e-6)
-    assert torch.allclose(xbow, xbow3, atol=1e-6)
-    assert torch.allclose(wei, wei3)
+    # version 1 of the lecture: a loop over the past
+    running_mean = torch.stack([x[:, : t + 1].mean(1) for t in range(T)], dim=1)  # (B, T, C)
+    attn = CausalSelfAttention(tiny(n_embd=C, n_head=1, attn_proj=False, attention=attention)).eval()
+    with torch.no_grad():
+        attn.c_attn.weight.zero_()
+        attn.c_attn.weight[2 * C:].copy_(torch.eye(C))  # q = k = 0 (every affinity 0), v = x
+        got = attn(x)
+    assert torch.allclose(got, running_mean, atol=1e-6)
 
 
 def naive_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
@@ -198,6 +193,40 @@ def test_attention_matches_naive_masked_softmax(n_head):
         want = naive_attention(attn, x)
     assert got.shape == (3, 13, 32)
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_manual_attention_equals_the_fused_kernel(pos_emb):
+    """`model.attention = manual` writes softmax(Q K^T / sqrt(d)) V out; it computes what
+    scaled_dot_product_attention computes: logits, loss and gradients, with a cache and with the engine's masks."""
+    torch.manual_seed(0)
+    fused = GPT(tiny(pos_emb=pos_emb, n_layer=3, n_head=4, n_embd=32, bias=True))
+    manual = GPT(replace(fused.config, attention="manual"))
+    manual.load_state_dict(fused.state_dict())
+    idx = torch.randint(11, (3, 16))
+    losses, grads = [], []
+    for model in (fused, manual):
+        logits, loss = model(idx, idx.roll(-1, 1))
+        loss.backward()
+        losses.append((logits, loss))
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert torch.allclose(losses[0][0], losses[1][0], atol=1e-5, rtol=0)
+    assert torch.allclose(losses[0][1], losses[1][1], atol=1e-6, rtol=0)
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=0) for n in grads[0])
+    with torch.no_grad():
+        for model in (fused, manual):
+            model.eval()
+        # a prefix through the cache, then a chunk (the explicit-mask path), then a masked lane-style step
+        outs = []
+        for model in (fused, manual):
+            cache = TinyCache()
+            a = model(idx[:, :10], cache=cache)[0]
+            b = model(idx[:, 10:13], cache=cache)[0]
+            mask = torch.ones(3, 1, 1, 14, dtype=torch.bool)
+            mask[1, ..., 5:9] = False  # row 1 may not see keys 5..8
+            c = model(idx[:, 13:14], cache=cache, attn_mask=mask)[0]
+            outs.append(torch.cat((a, b, c), dim=1))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5, rtol=0)
 
 
 def test_attention_with_kv_cache_token_by_token_equals_full():

@@ -4,6 +4,7 @@ Muon; the defaults stay the lecture's GPT. Also the FLOPs estimate behind MFU.""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from conftest import tiny_config
 from scratchgpt import checkpoint as ckpt
 from scratchgpt.config import ConfigError, from_dict, to_dict
 from scratchgpt.flops import flops_per_token, matmul_params, mfu
+from scratchgpt.models import ModelConfig
 from scratchgpt.models import gpt as gpt_module
 from scratchgpt.models.gpt import GPT, MLP, GPTConfig, RMSNorm, apply_rope, rope_tables
 from scratchgpt.optim import OptimizerSet, build_muon, configure_optimizer
@@ -165,9 +167,10 @@ def test_flops_per_token_is_6n_plus_attention():
     m = _model()
     n = matmul_params(m)
     assert n == m.num_params()  # tied: the table counts once, as the head; positions are a lookup
-    cfg = m.config
+    cfg = ModelConfig(**vars(m.config))
     assert flops_per_token(cfg, n) == 6 * n + 12 * 2 * 2 * 8 * 32
+    assert flops_per_token(replace(cfg, arch="bigram"), n) == 6 * n  # no attention
     assert mfu(1000.0, 1e6, 2e9) == pytest.approx(0.5) and mfu(1000.0, 1e6, 0.0) == 0.0
     # GPT-2 124M at block 1024: about 0.87 GFLOP per token (nanoGPT's estimate uses the same formula)
-    gpt2 = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
+    gpt2 = ModelConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
     assert flops_per_token(gpt2, 124_000_000) == pytest.approx(6 * 124e6 + 12 * 12 * 768 * 1024)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchgpt.data import read_utf8
 from scratchgpt.errors import UserError
+from scratchgpt.fileio import read_utf8
 from scratchgpt.tokenizers import CharTokenizer, tokenizer_from_json
 
 SHAKESPEARE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

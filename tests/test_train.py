@@ -22,7 +22,8 @@ from scratchgpt.cli import main as cli_main
 from scratchgpt.config import TrainConfig, from_dict, load_recipe
 from scratchgpt.errors import UserError
 from scratchgpt.models import GPT, GPTConfig
-from scratchgpt.train import configure_optimizer, lr_at, train
+from scratchgpt.optim import configure_optimizer, lr_at
+from scratchgpt.train import train
 
 N = 6  # steps before and after the resume point
 
@@ -144,25 +145,18 @@ def test_nan_loss_stops_with_user_error_and_keeps_last_checkpoint(small_text_dir
     train(tiny_config(small_text_dir, max_iters=4, eval_interval=4), out_dir=run, progress=False)
     saved = {name: (run / name).read_bytes() for name in (ckpt.MODEL, ckpt.MODEL_BEST, ckpt.STATE)}
 
-    import scratchgpt.train as train_mod
-
-    real_build = train_mod.build_model
+    real_forward = GPT.forward
     calls = {"n": 0}
 
-    def poison(module, inputs, output):
-        if module.training:
+    def poisoned_forward(self, *args, **kwargs):
+        logits, loss = real_forward(self, *args, **kwargs)
+        if self.training:
             calls["n"] += 1
             if calls["n"] >= 3:  # the third training step diverges
-                logits, loss = output
                 return logits * float("nan"), loss * float("nan")
-        return output
+        return logits, loss
 
-    def build_poisoned(cfg):
-        model = real_build(cfg)
-        model.register_forward_hook(poison)
-        return model
-
-    monkeypatch.setattr(train_mod, "build_model", build_poisoned)
+    monkeypatch.setattr(GPT, "forward", poisoned_forward)
     cfg = ckpt.read_config(run, ["--train.max_iters=20"])
     with pytest.raises(UserError) as e:
         train(cfg, resume=run, progress=False)
@@ -244,7 +238,7 @@ def test_ctrl_c_saves_and_resume_continues(small_text_dir, tmp_path):
             proc.wait()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert "interrupted at step" in err and "--resume" in err
+    assert "stopped by SIGINT at step" in err and "--resume" in err
     state = json.loads((run / ckpt.STATE_JSON).read_text())
     stopped = state["step"]
     assert stopped >= 1
@@ -265,7 +259,7 @@ def test_ctrl_c_saves_and_resume_continues(small_text_dir, tmp_path):
 
 
 def test_device_names():
-    from scratchgpt.train import resolve_device
+    from scratchgpt.runtime import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")

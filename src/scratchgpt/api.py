@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from . import runtime
 from .checkpoint import load_model
 from .config import Config
+from .errors import UserError
 from .generate import Engine
 from .sampling import SamplingSettings, settings_from
 
@@ -47,18 +49,13 @@ class LoadedModel:
 
 
 def load(run_dir: str | Path, which: str = "best", device: str = "cpu", dtype: str = "auto",
-         cuda_graphs: bool = True, **defaults) -> LoadedModel:
+         cuda_graphs: bool = True, threads: int = 0, **defaults) -> LoadedModel:
     """Load a run directory written by `scratchgpt train`. `device` is cpu | cuda | mps | auto; `dtype` auto
-    means bfloat16 on CUDA and float32 elsewhere. Extra keywords become default sampling settings."""
-    from .errors import UserError
-    from .train import resolve_device
-
+    means bfloat16 on CUDA and float32 elsewhere; `threads` sets the CPU threads (0: torch's default). Extra
+    keywords become default sampling settings."""
     if which not in ("best", "last"):
         raise UserError(f"which must be 'best' or 'last', got {which!r}")
-    if dtype not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
-    dev = resolve_device(device)
-    model, tok, cfg = load_model(run_dir, which=which, device=dev)
-    if dtype == "bfloat16" or (dtype == "auto" and dev.type == "cuda"):
-        model = model.to(torch.bfloat16)
+    rt = runtime.setup(device, dtype, threads=threads)
+    model, tok, cfg = load_model(run_dir, which=which, device=rt.device)
+    model = model.to(rt.dtype)
     return LoadedModel(model, tok, cfg, cuda_graphs=cuda_graphs, **defaults)

@@ -1,7 +1,7 @@
 """Training speed on random tokens: tokens/s, ms per step, MFU and peak memory for a recipe.
 
-Owns `bench_train` (one process, the trainer's own pieces: model, optimizer, autocast, compile, gradient
-accumulation and clipping, on random tokens so that no data is needed; warm-up steps, where compilation
+Owns `bench_train` (one process; the runtime, model, optimizer and the very step the trainer takes,
+`train.step.train_step`, on random tokens so that no data is needed; warm-up steps, where compilation
 happens, are not timed), `BenchResult` and `format_table`. Does not read data, write runs or know any
 device's peak FLOP/s: MFU is reported only against the peak the caller passes.
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from . import runtime
 from .checkpoint import resolved_model_config
 from .config import Config
 from .data import load_meta
@@ -22,7 +23,7 @@ from .errors import DataError, UserError
 from .flops import flops_per_token, matmul_params, mfu
 from .models import build_model
 from .optim import configure_optimizer, set_lr
-from .train import autocast_context, resolve_device
+from .train.step import Batches, train_step
 
 GPT2_VOCAB = 50304  # GPT-2's 50257 padded to a multiple of 64, the usual speed choice
 
@@ -54,68 +55,59 @@ def _vocab(cfg: Config) -> int:
                         f"only that: pass --model.vocab_size=N (65 for tiny Shakespeare char, {GPT2_VOCAB} for GPT-2)") from None
 
 
+class RandomTokens:
+    """Batches of uniformly random token ids, from a seeded generator on the device (a `Batches` source)."""
+
+    def __init__(self, vocab_size: int, batch_size: int, block_size: int, device: torch.device, seed: int):
+        self.shape, self.vocab_size = (batch_size, block_size + 1), vocab_size
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        xy = torch.randint(self.vocab_size, self.shape, generator=self.generator, device=self.generator.device)
+        return xy[:, :-1], xy[:, 1:]  # (B, T) each
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+
 def bench_train(cfg: Config, steps: int = 20, warmup: int = 5, peak_flops: float = 0.0) -> BenchResult:
     """Time `steps` optimizer steps of cfg's model on random tokens after `warmup` untimed ones."""
     if steps <= 0 or warmup < 0:
         raise UserError(f"bench needs a positive number of steps and no negative warm-up, got {steps} and {warmup}")
     cfg = resolved_model_config(cfg, _vocab(cfg))
     t, m = cfg.train, cfg.model
-    device = resolve_device(t.device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(t.seed)
-    model = build_model(m).to(device)
-    optimizer = configure_optimizer(model, t, device)
-    fwd = torch.compile(model) if t.compile else model
-    ctx = autocast_context(device, t.dtype)
-    gen = torch.Generator(device=device).manual_seed(t.seed)
-
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
-        xy = torch.randint(m.vocab_size, (t.batch_size, m.block_size + 1), generator=gen, device=device)
-        return xy[:, :-1], xy[:, 1:]  # (B, T) each
+    rt = runtime.setup(t.device, t.dtype, threads=t.threads, seed=t.seed, compile=t.compile)
+    model = build_model(m).to(rt.device)
+    optimizer = configure_optimizer(model, t, rt.device)
+    forward = rt.compiled(model)
+    batches = Batches(RandomTokens(m.vocab_size, t.batch_size, m.block_size, rt.device, t.seed))
 
     def step(i: int) -> torch.Tensor:
         set_lr(optimizer, i, t)
-        for _ in range(t.grad_accum_steps):
-            x, y = batch()
-            with ctx:
-                _, loss = fwd(x, y)
-            (loss / t.grad_accum_steps).backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        return train_step(model, forward, optimizer, batches, t, rt)
 
     model.train()
     for i in range(warmup):
         step(i)
-    sync()
-    if device.type == "cuda":
+    rt.synchronize()
+    if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for i in range(warmup, warmup + steps):
         loss = step(i)
     final = loss.item()  # waits for the last step
-    sync()
+    rt.synchronize()
     elapsed = time.perf_counter() - start
     tokens = steps * t.batch_size * m.block_size * t.grad_accum_steps
     tok_s = tokens / elapsed
-    if device.type == "cuda":
+    if rt.device.type == "cuda":
         mem, kind = torch.cuda.max_memory_allocated(), "cuda"
     elif sys.platform.startswith("linux"):
         mem, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss"  # Linux reports KiB
     else:
         mem, kind = None, "n/a"
     fpt = flops_per_token(m, matmul_params(model))
-    return BenchResult(cfg.name, str(device), model.num_params(), t.batch_size, m.block_size, t.grad_accum_steps,
+    return BenchResult(cfg.name, str(rt.device), model.num_params(), t.batch_size, m.block_size, t.grad_accum_steps,
                        steps, tok_s, 1000 * elapsed / steps, mfu(tok_s, fpt, peak_flops) if peak_flops > 0 else None,
                        mem, kind, final)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -43,14 +43,18 @@ STATE, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
 
 
 def _unique_state(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    """state_dict without tied duplicates (safetensors refuses shared storage), contiguous, on CPU."""
+    """state_dict without tied duplicates (safetensors refuses shared storage), contiguous, on CPU.
+
+    A tied matrix appears under two names over one piece of memory; it is kept under its first name. Tensors
+    are told apart by where their values live (device, address, dtype, shape, strides), compared as a whole,
+    so two distinct tensors can never be taken for one."""
     out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
+    seen: set[tuple] = set()
     for name, t in model.state_dict().items():
-        key = (t.data_ptr(), t.shape)
-        if t.numel() and hash(key) in seen:
+        where = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if t.numel() and where in seen:
             continue
-        seen.add(hash(key))
+        seen.add(where)
         out[prefix + name] = t.detach().to("cpu").contiguous()
     return out
 
@@ -60,8 +64,6 @@ def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file '{path}' is missing")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         return load_file(str(path)), meta
@@ -72,6 +74,15 @@ def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def save_weights(path: str | Path, model: nn.Module, step: int) -> None:
     with atomic_path(path) as tmp:
         save_file(_unique_state(model), str(tmp), metadata={"format": str(FORMAT_VERSION), "step": str(step)})
+
+
+def read_step(path: str | Path) -> int | None:
+    """The training step a weights file was saved at (from its metadata), or None when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", 0))
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def load_weights(path: str | Path, model: nn.Module) -> int:
@@ -136,14 +147,21 @@ def read_tokenizer(run_dir: str | Path) -> Tokenizer:
         raise CheckpointError(f"'{path}' is damaged") from None
 
 
+def weights_path(run_dir: str | Path, which: str = "best") -> Path:
+    """The weights file of a run: `which` is best (model-best.safetensors, else the last weights) or last."""
+    if which not in ("best", "last"):
+        raise CheckpointError(f"which weights: 'best' or 'last', got {which!r}")
+    run = Path(run_dir)
+    return run / MODEL_BEST if which == "best" and (run / MODEL_BEST).is_file() else run / MODEL
+
+
 def load_model(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, Config]:
     """Model (eval mode), tokenizer and config of a run; `which` is best (falls back to last) or last."""
     run = Path(run_dir)
     cfg = read_config(run)
     tok = read_tokenizer(run)
     model = build_model(cfg.model)
-    path = run / MODEL_BEST if which == "best" and (run / MODEL_BEST).is_file() else run / MODEL
-    load_weights(path, model)
+    load_weights(weights_path(run, which), model)
     return model.to(device).eval(), tok, cfg
 
 

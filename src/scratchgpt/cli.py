@@ -85,8 +85,6 @@ def _cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
     from .api import load
     from .sampling import SamplingSettings
 
@@ -96,16 +94,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UserError("--interactive takes its text from what you type; drop --prompt, --prompt-file and --num-samples")
     prompt = args.prompt or ""
     if args.prompt_file:
-        from .data import read_utf8
+        from .fileio import read_utf8
 
         prompt = read_utf8(args.prompt_file)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, stop=tuple(args.stop or ()), seed=args.seed,
                                 window=args.window)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
-              cuda_graphs=not args.no_cuda_graphs)
+              cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
     if args.interactive:
         from .repl import run_repl
 
@@ -168,7 +164,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.out) / TOKENIZER_FILE}: {tok.vocab_size:,} tokens, {len(tok.merges):,} merges{note}",
               file=sys.stderr)
         return 0
-    from .data import read_utf8
+    from .fileio import read_utf8
     from .tokenizers.compare import compare_tokenizers, format_table
 
     text = read_utf8(args.input)

@@ -17,21 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, closest
-from .models.gpt import GPTConfig
+from .models import ModelConfig
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dir: str = "data/shakespeare_char"  # a directory written by `scratchgpt prepare`
-
-
-@dataclass(frozen=True)
-class ModelConfig(GPTConfig):
-    arch: str = "gpt"  # gpt | bigram
-    # "" trains from random weights; gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a local Hugging Face GPT-2
-    # directory starts from those weights: the shape comes from the checkpoint, and the recipe keeps only
-    # model.dropout and model.block_size (at most the checkpoint's; the position table is cropped to it)
-    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +77,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("layernorm", "rmsnorm", "none"),
     "model.mlp": ("gelu", "gelu_tanh", "relu", "relu2", "none"),
     "model.init_scheme": ("gpt2", "torch"),
+    "model.attention": ("sdpa", "manual"),
     "train.lr_schedule": ("cosine", "linear", "constant"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.dtype": ("auto", "float32", "bfloat16"),

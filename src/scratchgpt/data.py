@@ -22,27 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .distributed import shard_bounds
 from .errors import DataError
-from .fileio import atomic_path, atomic_write_json, sha256_file
-from .tokenizers import Tokenizer, build_tokenizer, tokenizer_from_json
+from .fileio import atomic_path, atomic_write_json, read_utf8, sha256_file
+from .tokenizers import Tokenizer, build_tokenizer
 
 META_FORMAT = 1
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_ENV = "SCRATCHGPT_TINYSHAKESPEARE"
-
-
-def read_utf8(path: str | Path) -> str:
-    """Read a whole file as UTF-8; missing, empty or undecodable files are a DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"input file '{path}' not found")
-    raw = path.read_bytes()
-    if not raw:
-        raise DataError(f"input file '{path}' is empty")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"input file '{path}' is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}") from None
 
 
 def _write_ids(path: Path, ids: np.ndarray, dtype: np.dtype) -> None:
@@ -140,10 +127,6 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_tokenizer(data_dir: str | Path) -> Tokenizer:
-    return tokenizer_from_json(load_meta(data_dir)["tokenizer"])
-
-
 def _open_shards(data_dir: Path, split: str, meta: dict[str, Any], dtype: np.dtype) -> list[np.memmap]:
     """Memory-map a split's shards in order, checking each against the token count meta.json gives it."""
     try:
@@ -226,10 +209,8 @@ class BatchLoader:
 
     def _mine(self, starts: np.ndarray) -> np.ndarray:
         """This rank's rows of a global batch (all of them for one process)."""
-        if self.world == 1:
-            return starts
-        n = len(starts)
-        return starts[n * self.rank // self.world:n * (self.rank + 1) // self.world]
+        lo, hi = shard_bounds(len(starts), self.rank, self.world)
+        return starts[lo:hi]
 
     def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(self.n_tokens - self.block_size, (self.batch_size,), generator=self.generator)

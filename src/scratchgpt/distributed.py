@@ -1,12 +1,13 @@
 """Many processes: join the group torchrun describes, split batches, agree, reduce, and fail clearly.
 
 Owns `DistContext` (rank, world size, local rank), `world_from_env` (RANK / WORLD_SIZE / LOCAL_RANK as
-torchrun sets them), `setup` / `teardown` of the process group (nccl on CUDA, gloo elsewhere, every
-collective bounded by a timeout), `shard_bounds` (which rows of a global batch a rank owns), the few
-collectives the trainer needs (mean of a float, any() of flags, sum of tensors, barrier), each rank's
-torch RNG state for checkpoints (`rng_states`, `restore_rng`, `rank_seed`), and `collective_errors`, which turns a dead peer or a timed-out collective into one
-`DistributedError` sentence instead of a hang or a gloo traceback.
-Does not own the training loop or the DDP wrapper (train.py does). Single-process runs never touch
+torchrun sets them), `check_launch` (a config that cannot run on this many processes), `setup` /
+`teardown` of the process group (nccl on CUDA, gloo elsewhere, every collective bounded by a timeout),
+`shard_bounds` (which rows of a global batch a rank owns), the few collectives the trainer needs (mean of
+a float, any() of flags, sum of tensors, barrier), each rank's torch RNG state for checkpoints
+(`rng_states`, `restore_rng`, `rank_seed`), and `collective_errors`, which turns a dead peer or a
+timed-out collective into one `DistributedError` sentence instead of a hang or a gloo traceback.
+Does not own the training loop or the DDP wrapper (`train/`). Single-process runs never touch
 `torch.distributed`: every helper is the identity when the world size is 1.
 """
 
@@ -21,6 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .config import TrainConfig
 from .errors import UserError
 
 
@@ -67,6 +69,20 @@ def world_from_env() -> DistContext:
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     """Rows [lo, hi) of an n-row global batch owned by rank; equal shares when world divides n."""
     return n * rank // world, n * (rank + 1) // world
+
+
+def check_launch(t: TrainConfig, ctx: DistContext) -> None:
+    """Refuse, before any work, a training config that cannot run on this many processes."""
+    if t.batch_size % ctx.world_size:
+        raise DistributedError(
+            f"train.batch_size ({t.batch_size}) is the global batch and must split evenly over the "
+            f"{ctx.world_size} processes; use a multiple of {ctx.world_size}"
+        )
+    if t.schedule_by_time and ctx.enabled:  # each rank's clock differs, and their lrs must not
+        raise DistributedError("train.schedule_by_time follows one process's clock; set it false under torchrun")
+    if t.fsdp and not ctx.enabled:
+        raise DistributedError("train.fsdp shards the model over several processes; launch with "
+                               "`torchrun --nproc_per_node N -m scratchgpt.cli train ...` (N >= 2) or set it false")
 
 
 def setup(ctx: DistContext, device_type: str, timeout_s: float) -> DistContext:

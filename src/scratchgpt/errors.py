@@ -31,9 +31,12 @@ class CheckpointError(UserError):
 
 
 class Interrupted(UserError):
-    """Training stopped by Ctrl-C after saving a checkpoint."""
+    """Training stopped by a signal (Ctrl-C, SIGTERM, SIGHUP) after saving a checkpoint; the exit status is
+    128 + the signal's number, as a shell reports a process a signal ended (130 for Ctrl-C)."""
 
-    exit_code = 130
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def closest(name: str, choices: Iterable[str], prefix: str = "") -> str:

@@ -1,9 +1,9 @@
 """Atomic file writes: temp file in the same directory, fsync, rename, then fsync the directory.
 
 Owns `atomic_write_bytes`, `atomic_write_text`, `atomic_path` (a context manager for writers that need a
-path, such as safetensors and matplotlib), `atomic_dir` (a whole directory, such as an export) and
-`sha256_file`. A crash mid-write leaves the old file as it
-was and at worst a stray `*.tmp` file, never a damaged target. Does not own what is written.
+path, such as safetensors and matplotlib), `atomic_dir` (a whole directory, such as an export), `read_utf8`
+(a whole input file as text, or one clear `DataError`) and `sha256_file`. A crash mid-write leaves the old
+file as it was and at worst a stray `*.tmp` file, never a damaged target. Does not own what is written.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import DataError
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -103,3 +105,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_utf8(path: str | Path) -> str:
+    """Read a whole file as UTF-8; missing, empty or undecodable files are a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input file '{path}' not found")
+    raw = path.read_bytes()
+    if not raw:
+        raise DataError(f"input file '{path}' is empty")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"input file '{path}' is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}") from None

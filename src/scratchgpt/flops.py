@@ -9,29 +9,29 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .models.gpt import GPTConfig
+from .models import GPT, ModelConfig
 
 
 def matmul_params(model: nn.Module) -> int:
-    """Parameters that take part in a matrix multiply: all of them but the position table, and the token
-    table only when it is also the LM head (an untied table is a lookup, not a matmul)."""
-    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    wpe, wte, head = getattr(model, "wpe", None), getattr(model, "wte", None), getattr(model, "lm_head", None)
-    if wpe is not None:
-        n -= wpe.weight.numel()
-    if wte is not None and head is not None and head.weight is not wte.weight:
-        n -= wte.weight.numel()
+    """Parameters that take part in a matrix multiply: all of a GPT's but the position table, and the token
+    table only when it is also the LM head (an untied table is a lookup, not a matmul); every parameter of
+    another model (the bigram's table)."""
+    n = sum(p.numel() for p in model.parameters())  # a tied matrix is one parameter, counted once
+    if isinstance(model, GPT):
+        if model.wpe is not None:
+            n -= model.wpe.weight.numel()
+        if model.lm_head.weight is not model.wte.weight:
+            n -= model.wte.weight.numel()
     return n
 
 
-def flops_per_token(cfg: GPTConfig, n_params: int, seq_len: int | None = None) -> float:
+def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int | None = None) -> float:
     """Training FLOPs per token: 6 per matmul parameter (forward 2, backward 4) plus attention's
     12 * layers * heads * head_dim * context (the score and value products, forward and backward)."""
-    if getattr(cfg, "arch", "gpt") != "gpt":  # the bigram model has no attention
+    if cfg.arch != "gpt":  # the bigram model has no attention
         return 6.0 * n_params
     T = seq_len or cfg.block_size
-    head_dim = cfg.n_embd // cfg.n_head if cfg.n_head else 0
-    return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.n_head * head_dim * T
+    return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.n_embd * T  # heads x head_dim = n_embd
 
 
 def mfu(tokens_per_s: float, flops_per_tok: float, peak_flops: float) -> float:

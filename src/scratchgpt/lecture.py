@@ -29,7 +29,10 @@ from .console import echo
 from .data import load_meta
 from .errors import UserError
 from .fileio import atomic_write_json, atomic_write_text
+from .generate import generate
 from .plots import pyplot, save_figure
+from .runtime import resolve_device, set_threads
+from .train import train
 
 MARKER = "lecture.json"
 SAMPLE_CHARS, SAMPLE_SEED = 200, 1337
@@ -182,9 +185,6 @@ def machine_description(device: torch.device) -> str:
 def _train_step(step: Step, cfg: Config, run_dir: Path, identity: dict[str, Any], device: torch.device,
                 progress: bool) -> dict[str, Any]:
     """Train (or resume) one step, sample from it, and write its marker."""
-    from .generate import generate
-    from .train import train
-
     marker = run_dir / MARKER
     marker.unlink(missing_ok=True)
     resume = run_dir if same_run(_run_identity(run_dir), identity) and 0 <= _trained_step(run_dir) else None
@@ -214,8 +214,6 @@ def run_lecture(budget: str = "cpu", device: str = "auto", data_dir: str | Path 
                 runs_dir: str | Path = "runs/lecture", docs_dir: str | Path | None = None,
                 progress: bool = True) -> LectureReport:
     """Train every step not yet done, in the lecture's order, then write results.md and progression.png."""
-    from .train import resolve_device
-
     if budget not in BUDGETS:
         raise UserError(f"budget must be one of {', '.join(PUBLIC_BUDGETS)}, got {budget!r}")
     start = time.time()
@@ -236,12 +234,12 @@ def run_lecture(budget: str = "cpu", device: str = "auto", data_dir: str | Path 
             skipped.append(step.name)
             continue
         echo(f"[lecture {i}/{len(STEPS)}] {step.name}: {step.title} ({budget} budget)")
-        torch.set_num_threads(threads)  # a step that asked for one thread must not slow the next one down
+        set_threads(threads)  # a step that asked for one thread must not slow the next one down
         results.append(_train_step(step, cfg, run_dir, identity, dev, progress))
         trained.append(step.name)
         echo(f"[lecture {i}/{len(STEPS)}] {step.name}: val loss {results[-1]['val_loss']:.4f} "
              f"in {results[-1]['seconds']:.0f} s")
-    torch.set_num_threads(threads)
+    set_threads(threads)
     docs = Path(docs_dir) if docs_dir is not None else default_docs_dir(budget)
     report = LectureReport(results, trained, docs / "results.md", docs / "progression.png",
                            time.time() - start, skipped)

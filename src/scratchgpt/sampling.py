@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, closest
 
 MAX_NEW_TOKENS_CAP = 100_000  # documented in the README; more is almost surely a typo
 MAX_STOP_LEN = 1_000
@@ -78,8 +78,6 @@ def settings_from(settings: SamplingSettings | None = None, **kwargs) -> Samplin
     names = {f.name for f in dataclasses.fields(SamplingSettings)}
     bad = sorted(set(kwargs) - names)
     if bad:
-        from .errors import closest
-
         raise UserError(f"unknown sampling setting '{bad[0]}'{closest(bad[0], names)}")
     return (settings or SamplingSettings()).replace(**kwargs) if kwargs else (settings or SamplingSettings())
 

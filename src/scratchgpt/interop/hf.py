@@ -34,6 +34,7 @@ from ..fileio import atomic_dir
 from ..models import build_model
 from ..models.gpt import GPT
 from ..tokenizers import Tokenizer
+from ..tokenizers.gpt2 import load_gpt2
 from .hf_tokenizer import hf_tokenizer_files, is_gpt2_vocab, read_hf_vocab
 
 HUB_NAMES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -202,10 +203,6 @@ def tokenizer_from_hf(directory: Path) -> Tokenizer | None:
     files = read_hf_vocab(directory)
     if files is None or not is_gpt2_vocab(*files):
         return None
-    try:
-        from ..tokenizers.gpt2 import load_gpt2
-    except ImportError:  # pragma: no cover - a build without the gpt2 kind
-        return None
     return load_gpt2(directory / "vocab.json")  # tokenizer.json records this path (see tokenizers/gpt2.py)
 
 
@@ -344,8 +341,7 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", force: 
     except CheckpointError:
         tok = None
     model = build_model(cfg.model)
-    path = run / ckpt.MODEL_BEST if which == "best" and (run / ckpt.MODEL_BEST).is_file() else run / ckpt.MODEL
-    ckpt.load_weights(path, model)
+    ckpt.load_weights(ckpt.weights_path(run, which), model)
     files, note = hf_tokenizer_files(tok, cfg.model.block_size)
     eot = None
     if files is not None:

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import tiktoken
+
 from ..tokenizers.gpt2 import bytes_to_unicode
 
 # GPT-2's pre-tokenizer, the one Hugging Face's GPT2Tokenizer always applies: a tokenizer with another
@@ -94,10 +96,6 @@ def is_gpt2_vocab(vocab: dict[str, int], merges: list[str]) -> bool:
 
 def find_ranks(tokenizer: Any) -> tuple[dict[bytes, int], dict[str, int], str] | None:
     """(ranks, special tokens, pattern) of a tokenizer built on a tiktoken Encoding, else None."""
-    try:
-        import tiktoken
-    except ImportError:  # pragma: no cover - tiktoken is a core dependency
-        return None
     encodings = [v for v in vars(tokenizer).values() if isinstance(v, tiktoken.Encoding)]
     if not encodings:
         get = getattr(tokenizer, "encoding", None)

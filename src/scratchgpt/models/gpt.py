@@ -40,6 +40,9 @@ class GPTConfig:
     rope_base: float = 10000.0
     init_scheme: str = "gpt2"  # gpt2 (reset_parameters) | torch: PyTorch's defaults, as in the lecture's video
     init_std: float = 0.02
+    # how attention is computed (the same function either way): sdpa, torch's fused scaled_dot_product_attention,
+    # or manual, the lecture's softmax(Q K^T / sqrt(d)) V written out (slower; for reading and checking)
+    attention: str = "sdpa"
 
 
 class KVCacheLike(Protocol):
@@ -98,6 +101,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.attn_proj else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
+        self.manual = cfg.attention == "manual"
+        self.attn_dropout = nn.Dropout(cfg.dropout)  # the manual path's dropout on attention weights
         self.q_norm = make_norm("rmsnorm", self.head_dim, False) if cfg.qk_norm else None
         self.k_norm = make_norm("rmsnorm", self.head_dim, False) if cfg.qk_norm else None
 
@@ -120,15 +125,24 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs): the past and these T positions
-        drop = self.dropout if self.training else 0.0
-        if attn_mask is None and k.size(2) == T:
-            # scaled by 1/sqrt(hs) so scores keep unit variance and softmax stays diffuse at init
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)  # (B, nh, T, hs)
+        S = k.size(2)
+        if attn_mask is None and S != T:  # T new queries after S - T cached keys: query i sees keys <= S - T + i
+            attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        if self.manual:
+            # the lecture's attention: affinities Q K^T scaled by 1/sqrt(hs) so they keep unit variance (a softmax
+            # of large scores would be nearly one-hot at init), the future masked out, softmax, then a weighted
+            # sum of the values
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, S)
+            if attn_mask is None:
+                attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()  # causal: key j <= query i
+            att = att.masked_fill(~attn_mask, float("-inf"))
+            att = self.attn_dropout(F.softmax(att, dim=-1))  # each row sums to 1 over the keys it may see
+            y = att @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
         else:
-            if attn_mask is None:  # T new queries after S - T cached keys: query i sees keys <= S - T + i
-                S = k.size(2)
-                attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+            # the same computation, fused (flash / memory-efficient kernels where the hardware has them)
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
+                                               is_causal=attn_mask is None)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
         if self.c_proj is not None:
             y = self.c_proj(y)  # (B, T, C)

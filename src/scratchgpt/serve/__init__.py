@@ -7,7 +7,13 @@ batching) and `static/` (the page) do. Needs the `serve` extra (FastAPI, uvicorn
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
+
+from ..console import echo
+from ..errors import UserError
+from ..runtime import set_threads
 
 __all__ = ["ServeLimits", "ServedModel", "create_app", "load_served", "serve"]
 
@@ -29,12 +35,6 @@ def __getattr__(name: str) -> Any:
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = "best", device: str = "cpu",
           threads: int = 0, log_level: str = "info", **limits: int) -> None:
     """Load a run directory and serve it with uvicorn until interrupted; `limits` are `ServeLimits` fields."""
-    import os
-    import socket
-
-    from ..console import echo
-    from ..errors import UserError
-
     try:
         import uvicorn
 
@@ -50,10 +50,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = 
     except OSError as e:
         why = os.strerror(e.errno) if e.errno else str(e)
         raise UserError(f"cannot listen on {host}:{port} ({why}); pass another --port or --host") from None
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     app = create_app(run_dir, serve_limits, which=which, device=device)
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"note: listening on {host}; the API has no authentication, so anyone who can reach it can use it")

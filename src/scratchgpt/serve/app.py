@@ -26,7 +26,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..checkpoint import MODEL_BEST, STATE_JSON, load_model, read_step, weights_path
 from ..errors import UserError
+from ..plots import read_metrics
+from ..runtime import resolve_device
 from ..sampling import SamplingSettings
 from .scheduler import Job, Scheduler
 from .schemas import (
@@ -58,14 +61,10 @@ class ServedModel:
 
 def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu") -> ServedModel:
     """Load a run directory's model (best weights unless `which` is last) with its facts."""
-    from ..checkpoint import MODEL, MODEL_BEST, STATE_JSON, load_model
-    from ..plots import read_metrics
-    from ..train import resolve_device
-
     run = Path(run_dir)
     model, tok, cfg = load_model(run, which=which, device=resolve_device(device))
-    path = run / MODEL_BEST if which == "best" and (run / MODEL_BEST).is_file() else run / MODEL
-    step = _weights_step(path)
+    path = weights_path(run, which)
+    step = read_step(path)
     evals = {r.get("step"): r.get("val_loss") for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "eval"}
     val = evals.get(step)
     if val is None and (run / STATE_JSON).is_file():
@@ -77,16 +76,6 @@ def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu") -
     facts = {"checkpoint": path.name, "step": step, "val_loss": val if isinstance(val, (int, float)) else None,
              "config_name": cfg.name}
     return ServedModel(model, tok, name=run.resolve().name, run_dir=run, facts=facts)
-
-
-def _weights_step(path: Path) -> int | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return int((f.metadata() or {}).get("step", 0))
-    except Exception:  # the weights just loaded; a missing step is only a missing fact
-        return None
 
 
 def model_facts(served: ServedModel) -> dict:
@@ -351,8 +340,6 @@ async def _collect(job: Job, queue: asyncio.Queue, request: Request, cid: str, c
 
 def loss_curve(run_dir: Path | None, max_points: int = 2000) -> dict:
     """The run's metrics.jsonl as arrays for the page: batch losses (thinned) and eval losses."""
-    from ..plots import read_metrics
-
     rows = read_metrics(run_dir / "metrics.jsonl") if run_dir is not None else []
     train = [[r["step"], r["loss"]] for r in rows if r.get("kind") == "train" and "loss" in r]
     if len(train) > max_points:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -71,7 +70,6 @@ class Job:
     generator: torch.Generator | None = None
     logits: torch.Tensor | None = None  # (rows, V) the next token's logits
     steps: int = 0
-    submitted: float = 0.0
 
     def cancel(self) -> None:
         """Ask the worker to drop this job at its next step (its lanes are freed then)."""
@@ -153,7 +151,7 @@ class Scheduler:
         """Queue a job; None when the waiting queue is full (the caller answers 503)."""
         if not 1 <= len(prompts) * n <= self.max_batch:
             raise ValueError(f"a job needs 1 to {self.max_batch} rows, got {len(prompts) * n}")
-        job = Job([self._window(p) for p in prompts], n, settings, emit, submitted=time.perf_counter())
+        job = Job([self._window(p) for p in prompts], n, settings, emit)
         with self._cond:
             if len(self._waiting) >= self.max_waiting:
                 return None

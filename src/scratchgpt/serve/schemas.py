@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from ..errors import UserError
 from ..sampling import MAX_STOP_LEN
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -37,8 +38,6 @@ class ServeLimits:
     default_max_tokens: int = 16  # OpenAI's default when max_tokens is left out
 
     def check(self) -> None:
-        from ..errors import UserError
-
         for name in ("max_prompt_tokens", "max_tokens", "max_n", "max_batch", "max_waiting", "default_max_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_tokens" else 1):

@@ -1,55 +1,20 @@
-"""Tokenizers: the `Tokenizer` protocol, the registry of kinds, and loading one back from its JSON form.
+"""Tokenizers: char, word, our byte-level BPE, OpenAI's GPT-2 and SentencePiece, behind one protocol.
 
-Owns the protocol every tokenizer follows (`kind`, `vocab_size`, `encode`, `decode`, `to_json`, a
-`from_json` classmethod; `encode_array` where it is cheap), `KINDS` and `tokenizer_from_json`, which
-dispatches on the `kind` field. The kinds, one module each: char (`char.py`), word (`word.py`), our byte-level
-BPE (`bpe.py`, trained by `bpe_train.py`), OpenAI's GPT-2 (`gpt2.py`), SentencePiece (`spm.py`).
-Building one from a name, a corpus or a directory is `resolve.py`. Does not read corpora from disk.
+The kinds, one module each: char (`char.py`), word (`word.py`), our byte-level BPE (`bpe.py`, trained by
+`bpe_train.py`), OpenAI's GPT-2 (`gpt2.py`), SentencePiece (`spm.py`). The protocol, the registry and
+loading from JSON are `base.py`; building one from a name, a corpus or a directory is `resolve.py`. This
+module only gathers them. Does not read corpora from disk.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-from ..errors import CheckpointError
+from .base import KINDS, Tokenizer, tokenizer_from_json
 from .bpe import BPETokenizer
 from .char import CharTokenizer
 from .gpt2 import GPT2Tokenizer
+from .resolve import build_tokenizer, get_tokenizer, load_tokenizer_dir
 from .spm import SentencePieceTokenizer
 from .word import WordTokenizer
-
-
-class Tokenizer(Protocol):
-    kind: str
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
-
-    def to_json(self) -> dict[str, Any]: ...
-
-
-KINDS: dict[str, Any] = {
-    "char": CharTokenizer,
-    "word": WordTokenizer,
-    "bpe": BPETokenizer,
-    "gpt2": GPT2Tokenizer,
-    "spm": SentencePieceTokenizer,
-}
-
-
-def tokenizer_from_json(obj: Any) -> Tokenizer:
-    """Rebuild a tokenizer from `to_json()` output; a malformed object is a CheckpointError."""
-    kind = obj.get("kind") if isinstance(obj, dict) else None
-    if kind not in KINDS:
-        raise CheckpointError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return KINDS[kind].from_json(obj)
-
-
-from .resolve import build_tokenizer, get_tokenizer, load_tokenizer_dir  # noqa: E402 (needs KINDS)
 
 __all__ = [
     "KINDS", "BPETokenizer", "CharTokenizer", "GPT2Tokenizer", "SentencePieceTokenizer", "Tokenizer", "WordTokenizer",

@@ -24,6 +24,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from ..errors import UserError
+from ..fileio import atomic_write_json, read_utf8
 from .bpe import ENDOFTEXT, BPETokenizer
 from .pretokenize import DEFAULT_PATTERN, SPLIT_PATTERNS, compile_pattern
 
@@ -142,9 +143,6 @@ def train_bpe_files(inputs: Sequence[str | Path], vocab_size: int, out_dir: str 
                     special_tokens: Sequence[str] = (ENDOFTEXT,), pattern: str = DEFAULT_PATTERN,
                     progress: Callable[[int, int], None] | None = None) -> BPETokenizer:
     """Train on UTF-8 files and write out_dir/tokenizer.json; every check runs before anything is written."""
-    from ..data import read_utf8
-    from ..fileio import atomic_write_json
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output '{out}' exists and is not a directory")

@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .bpe_train import train_bpe
+from .char import CharTokenizer
+from .gpt2 import load_gpt2
+from .spm import SentencePieceTokenizer
+from .word import WordTokenizer
 
 
 @dataclass
@@ -29,12 +34,6 @@ class Row:
 
 def compare_tokenizers(text: str, vocab_size: int = 4096) -> list[Row]:
     """One row per tokenizer: vocabulary size, tokens the text becomes, whether decode gives the text back."""
-    from .bpe_train import train_bpe
-    from .char import CharTokenizer
-    from .gpt2 import load_gpt2
-    from .spm import SentencePieceTokenizer
-    from .word import WordTokenizer
-
     makers = [
         ("char", lambda: CharTokenizer.from_text(text)),
         ("word", lambda: WordTokenizer.from_text(text)),

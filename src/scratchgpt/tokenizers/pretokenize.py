@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import re
+import textwrap
+import unicodedata
 
 # fmt: off
 _LETTER_RANGES = (
@@ -143,9 +145,6 @@ def compile_pattern(pattern: str) -> re.Pattern:
 
 
 def _generate_ranges() -> str:  # pragma: no cover - how the tables above were made (Python 3.11: Unicode 14.0)
-    import textwrap
-    import unicodedata
-
     out = []
     for name, cat in (("LETTER", "L"), ("NUMBER", "N")):
         spans, start = [], None

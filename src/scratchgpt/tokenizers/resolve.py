@@ -12,8 +12,12 @@ import json
 from pathlib import Path
 
 from ..errors import DataError, UserError, closest
-from . import KINDS, Tokenizer, tokenizer_from_json
-from .bpe_train import TOKENIZER_FILE
+from .base import KINDS, Tokenizer, tokenizer_from_json
+from .bpe_train import TOKENIZER_FILE, train_bpe
+from .char import CharTokenizer
+from .gpt2 import load_gpt2
+from .spm import SentencePieceTokenizer
+from .word import WordTokenizer
 
 DEFAULT_VOCAB_SIZE = 4096  # for bpe and spm learned during `prepare text`
 LEARNED = ("char", "word", "bpe", "spm")
@@ -40,8 +44,6 @@ def load_tokenizer_dir(path: str | Path) -> Tokenizer:
         except UserError as e:
             raise DataError(f"'{file}' does not hold a usable tokenizer: {e}") from None
     if any((p / n).is_file() for n in ("encoder.json", "vocab.json", "gpt2.tiktoken")):
-        from .gpt2 import load_gpt2
-
         return load_gpt2(p)
     raise DataError(f"'{p}' is not a tokenizer directory: it holds no {TOKENIZER_FILE} "
                     "(make one with `scratchgpt tokenizer train --input FILE --vocab-size N --out DIR`)")
@@ -55,8 +57,6 @@ def _unknown(spec: str) -> DataError:
 def get_tokenizer(spec: str) -> Tokenizer:
     """A tokenizer that needs no corpus: gpt2, or a directory; learned kinds say how to make one."""
     if spec == "gpt2":
-        from .gpt2 import load_gpt2
-
         return load_gpt2()
     if spec in LEARNED:
         raise DataError(f"tokenizer '{spec}' is learned from a corpus: train one with `scratchgpt tokenizer train` "
@@ -71,19 +71,11 @@ def build_tokenizer(spec: str, text: str, vocab_size: int | None = None) -> Toke
     if vocab_size is not None and vocab_size < 1:
         raise DataError(f"vocabulary size must be positive, got {vocab_size}")
     if spec == "char":
-        from .char import CharTokenizer
-
         return CharTokenizer.from_text(text)
     if spec == "word":
-        from .word import WordTokenizer
-
         return WordTokenizer.from_text(text, vocab_size)
     if spec == "bpe":
-        from .bpe_train import train_bpe
-
         return train_bpe([text], vocab_size or DEFAULT_VOCAB_SIZE)
     if spec == "spm":
-        from .spm import SentencePieceTokenizer
-
         return SentencePieceTokenizer.train([text], vocab_size or DEFAULT_VOCAB_SIZE)
     return get_tokenizer(spec)

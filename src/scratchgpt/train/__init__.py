@@ -1,0 +1,30 @@
+"""Training: the loop that is the point of the project, in a few parts a reader can hold.
+
+    run.py          building a run: config -> model, optimizer, loaders, evaluator, state (one process or many)
+    step.py         one optimizer step: micro-steps, gradient accumulation, clipping, the optimizer
+    evaluate.py     the mean loss on train and val
+    checkpoints.py  what training writes: the run directory's header, metrics, checkpoints; and resuming
+    stop.py         SIGINT / SIGTERM / SIGHUP: save and stop after the current step
+    loop.py         `train`: the loop, top to bottom
+
+Many processes (`torchrun --nproc_per_node N -m scratchgpt.cli train ...`): `train.batch_size` is the
+global batch per micro-step, split evenly over the ranks (a world size that does not divide it is an
+error), so a recipe means the same run on any number of processes. Every rank draws the same global
+batch from the same seeded stream and keeps its own rows; gradients are all-reduced by DDP on the last
+micro-step only; logged and evaluated losses are the means over all ranks; rank 0 alone writes the run
+directory while the others wait at a barrier. A checkpoint holds the data stream's state (the same on
+every rank) and each rank's torch RNG state (dropout); resuming on a different world size keeps the data
+stream exactly, restores the RNG of the ranks that exist in both, and seeds new ranks from
+(seed, rank, step). Time-limit and signal stops are agreed between ranks at log steps. With train.fsdp the
+model is sharded instead (`fsdp.py`); checkpoints are gathered into the same unsharded files.
+
+The optimizers and schedule live in `optim.py`, the process group in `distributed.py`, devices and dtypes
+in `runtime.py`. Nothing that samples or serves imports this package.
+"""
+
+from __future__ import annotations
+
+from .evaluate import Evaluator
+from .loop import TrainResult, train
+
+__all__ = ["Evaluator", "TrainResult", "train"]
