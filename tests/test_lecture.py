@@ -133,3 +133,13 @@ def test_a_setting_added_later_at_its_default_keeps_finished_steps_finished(smal
     assert not same_run(older, {**new, "model": {**new["model"], "qk_norm": True}})
     assert not same_run({**older, "model": {**older["model"], "n_embd": 64}}, new)
     assert not same_run(None, new)
+
+
+def test_a_run_recorded_when_bias_was_a_bool_compares_in_the_new_form(small_text_dir):
+    bigram = identity_of(to_dict(step_config(STEPS[0], "tiny", "cpu", small_text_dir)))
+    head = identity_of(to_dict(step_config(STEPS[1], "tiny", "cpu", small_text_dir)))
+    assert (bigram["model"]["bias"], head["model"]["bias"]) == ("none", "lecture")
+    older = json.loads(json.dumps(bigram).replace('"bias": "none"', '"bias": false'))
+    assert older["model"]["bias"] is False and same_run(older, bigram)  # false was "none": still finished
+    older = json.loads(json.dumps(head).replace('"bias": "lecture"', '"bias": false'))
+    assert not same_run(older, head)  # a step trained without the lecture's biases is trained again
