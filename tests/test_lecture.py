@@ -9,6 +9,7 @@ import shutil
 from dataclasses import replace
 
 import pytest
+import torch
 
 import scratchgpt.train as train_mod
 from scratchgpt.cli import main
@@ -17,6 +18,7 @@ from scratchgpt.errors import UserError
 from scratchgpt.lecture import (
     MARKER,
     STEPS,
+    default_docs_dir,
     identity_of,
     results_markdown,
     run_lecture,
@@ -109,6 +111,24 @@ def test_lecture_without_data_is_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "docs").exists()
     with pytest.raises(UserError, match="budget must be one of cpu, gpu"):
         run_lecture("tpu", data_dir=tmp_path / "missing")
+
+
+def test_gpu_budget_is_the_lectures_sizes_written_beside_the_cpu_results(small_text_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    full = step_config(STEPS[-1], "gpu", "cpu", small_text_dir)
+    m, t = full.model, full.train
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, m.bias) == (6, 6, 384, 256, 0.2, "lecture")
+    assert (t.batch_size, t.max_iters, t.learning_rate) == (64, 5000, 3e-4)
+    assert str(default_docs_dir("gpu")) == "docs/lecture/gpu" and str(default_docs_dir("cpu")) == "docs/lecture"
+    # without a GPU, `auto` does not quietly start hours of CPU training
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    calls = counting_train(monkeypatch)
+    code = main(["lecture", "--budget", "gpu", "--data", str(small_text_dir), "--runs", str(tmp_path / "runs"),
+                 "--docs", str(tmp_path / "docs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "no GPU was found" in err and "--budget cpu" in err
+    assert "Traceback" not in err and calls == [] and not (tmp_path / "docs").exists()
 
 
 def test_samples_are_one_table_cell():

@@ -224,6 +224,10 @@ def run_lecture(budget: str = "cpu", device: str = "auto", data_dir: str | Path 
     start = time.time()
     recipes = recipes_dir()
     dev = resolve_device(device)
+    if budget == "gpu" and device == "auto" and dev.type == "cpu":
+        raise UserError("the gpu budget trains the lecture's full-size model (10.8M parameters, 5000 steps of 64 x 256 "
+                        "tokens), many hours on a CPU, and no GPU was found; use --budget cpu, or --device cpu to "
+                        "run it on the CPU anyway")
     threads = torch.get_num_threads()
     results, trained, skipped = [], [], []
     for i, step in enumerate(STEPS, 1):
