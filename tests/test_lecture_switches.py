@@ -40,7 +40,7 @@ def lecture_head(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.
     return F.softmax(wei, dim=-1) @ v  # (B, T, hs)
 
 
-# ---- the defaults stay the lecture's final GPT ------------------------------------------------------------
+# ---- the defaults stay nanoGPT's model (the lecture's are in configs/lecture/) --------------------------
 
 def test_defaults_unchanged():
     c = GPTConfig()
