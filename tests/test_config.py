@@ -170,6 +170,21 @@ def test_every_recipe_loads(path):
     assert cfg.train.max_iters > 0
 
 
+def test_bias_is_a_choice_and_older_bools_still_load():
+    assert Config().model.bias == "none"  # nanoGPT's default
+    # config.json files written when model.bias was a bool, and --model.bias=true on the command line
+    assert from_dict({"model": {"bias": False}}).model.bias == "none"
+    assert from_dict({"model": {"bias": True}}).model.bias == "gpt2"
+    assert from_dict(apply_overrides({}, ["--model.bias=true"])).model.bias == "gpt2"
+    assert from_dict(apply_overrides({}, ["--model.bias=lecture"])).model.bias == "lecture"
+    cfg = from_dict({"model": {"bias": True}})
+    assert from_dict(to_dict(cfg)) == cfg and to_dict(cfg)["model"]["bias"] == "gpt2"
+    with pytest.raises(ConfigError, match=r"'model.bias' must be one of none, gpt2, lecture.*did you mean 'lecture'"):
+        from_dict({"model": {"bias": "lectur"}})
+    with pytest.raises(ConfigError, match="'model.bias' must be str, got int 1"):
+        from_dict({"model": {"bias": 1}})
+
+
 def test_lecture_recipe_values():
     cfg = load_recipe(REPO / "configs/shakespeare_char.toml")
     m, t = cfg.model, cfg.train

@@ -70,7 +70,7 @@ def _run_cli(capsys, *argv) -> tuple[int, str]:
 def test_import_matches_transformers_logits_and_greedy(hf_small):
     ref, path = hf_small
     ours = _ours(path)
-    assert ours.config.mlp == "gelu_tanh" and ours.config.bias and ours.config.tie_weights
+    assert ours.config.mlp == "gelu_tanh" and ours.config.bias == "gpt2" and ours.config.tie_weights
     x = torch.randint(0, SMALL["vocab_size"], (4, 48), generator=torch.Generator().manual_seed(1))
     assert (ours(x)[0] - ref(x).logits).abs().max() < 1e-4
     prompt = x[:2, :8]
@@ -239,6 +239,15 @@ def test_export_refuses_what_gpt2_cannot_express(tmp_path, capsys, key, value):
     _write_run(tmp_path / "run", m)
     rc, err = _run_cli(capsys, "export", tmp_path / "run", "--out", tmp_path / "hf")
     assert rc == 2 and f"model.{key}" in err and not (tmp_path / "hf").exists()
+
+
+def test_export_refuses_a_head_bias_naming_the_key(tmp_path, capsys):
+    m = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20, tie_weights=False, mlp="relu",
+                    bias="lecture")  # the lecture's pattern: its head has a bias, GPT-2's cannot
+    _write_run(tmp_path / "lecture", m)
+    rc, err = _run_cli(capsys, "export", tmp_path / "lecture", "--out", tmp_path / "hf")
+    assert rc == 2 and "model.bias" in err and "head" in err and "Traceback" not in err
+    assert not (tmp_path / "hf").exists()
 
 
 def test_export_out_rules_and_atomicity(tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ import shutil
 from dataclasses import replace
 
 import pytest
+import torch
 
 import scratchgpt.lecture as lecture_mod
 from scratchgpt.cli import main
@@ -17,6 +18,7 @@ from scratchgpt.errors import UserError
 from scratchgpt.lecture import (
     MARKER,
     STEPS,
+    default_docs_dir,
     identity_of,
     results_markdown,
     run_lecture,
@@ -111,6 +113,24 @@ def test_lecture_without_data_is_one_sentence(tmp_path, capsys):
         run_lecture("tpu", data_dir=tmp_path / "missing")
 
 
+def test_gpu_budget_is_the_lectures_sizes_written_beside_the_cpu_results(small_text_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    full = step_config(STEPS[-1], "gpu", "cpu", small_text_dir)
+    m, t = full.model, full.train
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, m.bias) == (6, 6, 384, 256, 0.2, "lecture")
+    assert (t.batch_size, t.max_iters, t.learning_rate) == (64, 5000, 3e-4)
+    assert str(default_docs_dir("gpu")) == "docs/lecture/gpu" and str(default_docs_dir("cpu")) == "docs/lecture"
+    # without a GPU, `auto` does not quietly start hours of CPU training
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    calls = counting_train(monkeypatch)
+    code = main(["lecture", "--budget", "gpu", "--data", str(small_text_dir), "--runs", str(tmp_path / "runs"),
+                 "--docs", str(tmp_path / "docs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "no GPU was found" in err and "--budget cpu" in err
+    assert "Traceback" not in err and calls == [] and not (tmp_path / "docs").exists()
+
+
 def test_samples_are_one_table_cell():
     row = {"step": "1_bigram", "params": 4225, "iters": 3000, "train_loss": 2.45, "val_loss": 2.49, "seconds": 12.0,
            "cpu_seconds": 11.0, "sample": "KING:\nO | <you>\n&'t", "machine": "m", "date": "d"}
@@ -133,3 +153,13 @@ def test_a_setting_added_later_at_its_default_keeps_finished_steps_finished(smal
     assert not same_run(older, {**new, "model": {**new["model"], "qk_norm": True}})
     assert not same_run({**older, "model": {**older["model"], "n_embd": 64}}, new)
     assert not same_run(None, new)
+
+
+def test_a_run_recorded_when_bias_was_a_bool_compares_in_the_new_form(small_text_dir):
+    bigram = identity_of(to_dict(step_config(STEPS[0], "tiny", "cpu", small_text_dir)))
+    head = identity_of(to_dict(step_config(STEPS[1], "tiny", "cpu", small_text_dir)))
+    assert (bigram["model"]["bias"], head["model"]["bias"]) == ("none", "lecture")
+    older = json.loads(json.dumps(bigram).replace('"bias": "none"', '"bias": false'))
+    assert older["model"]["bias"] is False and same_run(older, bigram)  # false was "none": still finished
+    older = json.loads(json.dumps(head).replace('"bias": "lecture"', '"bias": false'))
+    assert not same_run(older, head)  # a step trained without the lecture's biases is trained again

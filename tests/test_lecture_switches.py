@@ -13,8 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchgpt.config import load_recipe
+from scratchgpt.lecture import STEPS
 from scratchgpt.models import GPT, BigramLanguageModel, GPTConfig, build_model
-from scratchgpt.models.gpt import Block, CausalSelfAttention, RMSNorm
+from scratchgpt.models.gpt import MLP, Block, CausalSelfAttention, RMSNorm
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "lecture"
 
@@ -40,7 +41,7 @@ def lecture_head(x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.
     return F.softmax(wei, dim=-1) @ v  # (B, T, hs)
 
 
-# ---- the default model is nanoGPT's GPT ------------------------------------------------------------------
+# ---- the defaults stay nanoGPT's model (the lecture's are in configs/lecture/) --------------------------
 
 def nanogpt_forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     """nanoGPT's model.py forward (bias off), written out from the module's own weights: token + position
@@ -164,6 +165,16 @@ def test_multi_head_without_projection_is_the_concatenation_of_heads():
         assert torch.allclose(attn(x), torch.cat(heads, dim=-1), atol=1e-5)  # 4 heads of 8 -> 32 wide
 
 
+def test_mlp_proj_off_is_the_lectures_first_feed_forward():
+    torch.manual_seed(8)
+    mlp = MLP(cfg(mlp="relu", mlp_proj=False, bias="lecture")).eval()
+    assert mlp.c_proj is None and tuple(mlp.c_fc.weight.shape) == (32, 32)  # Linear(32, 32), no 4x, no projection
+    x = torch.randn(2, 8, 32)
+    with torch.no_grad():  # the lecture's step-4 FeedForward: nn.Sequential(nn.Linear(n_embd, n_embd), nn.ReLU())
+        assert torch.allclose(mlp(x), F.relu(x @ mlp.c_fc.weight.T + mlp.c_fc.bias), atol=1e-6)
+    assert [n for n, _ in MLP(cfg(mlp="relu")).named_parameters()] == ["c_fc.weight", "c_proj.weight"]
+
+
 # ---- why 1/sqrt(head size) ---------------------------------------------------------------------------------
 
 def test_unscaled_attention_is_near_one_hot_and_scaled_keeps_unit_variance():
@@ -231,5 +242,39 @@ def test_lecture_recipe_builds_its_step(name):
     assert any(isinstance(x, nn.LayerNorm) for x in model.modules()) == ln
     if mlp:
         assert all(b.mlp.act == "relu" for b in blocks)  # the lecture's feed-forward uses ReLU
+        # one Linear(C, C) in step 4; the 4x MLP with its projection from step 5
+        assert all((b.mlp.c_proj is None) == (name == "4_feed_forward") for b in blocks)
+    assert m.bias == "lecture"
     lr = 3e-4 if name == "7_scaled_up" else 1e-3
     assert (c.train.max_iters, c.train.learning_rate, c.train.lr_schedule) == (5000, lr, "constant")
+
+
+# What the lecture's code builds at each step, counted as it counts (`sum(p.numel() for p in m.parameters())`,
+# position table included), vocabulary 65. nn.Embedding(n, C) holds n*C; nn.Linear(i, o) holds i*o + o, but
+# the lecture's key, query and value are nn.Linear(..., bias=False); nn.LayerNorm(C) holds 2C.
+#   1 bigram.py: Embedding(65, 65)                                                                  4,225
+#   2 tok 65*32 = 2,080; pos 8*32 = 256; one Head(32): key/query/value 3*32*32 = 3,072;
+#     lm_head Linear(32, 65) = 32*65 + 65 = 2,145                                                   7,553
+#   3 MultiHeadAttention(4, 8), concatenated, no proj yet: key/query/value 4*3*32*8 = 3,072       7,553
+#   4 + FeedForward = Linear(32, 32) + ReLU: 32*32 + 32 = 1,056                                     8,609
+#   5 3 Blocks, each key/query/value 3,072 + proj Linear(32, 32) 1,056 + FeedForward Linear(32, 128)
+#     4,224 + Linear(128, 32) 4,128 = 12,480; x3 = 37,440; + tok 2,080 + pos 256 + lm_head 2,145     41,921
+#   6 + ln1, ln2 per block (128, x3 = 384) and the final LayerNorm (64)                             42,369
+#   7 gpt.py: tok 65*384 = 24,960; pos 256*384 = 98,304; per block key/query/value 3*384*384 = 442,368,
+#     proj 384*384 + 384 = 147,840, FeedForward 384*1536 + 1536 + 1536*384 + 384 = 1,181,568,
+#     ln1 + ln2 1,536: 1,773,312, x6 = 10,639,872; ln_f 768; lm_head 384*65 + 65 = 25,025     10,788,929
+#     (the lecture prints "10.788929 M parameters")
+LECTURE_PARAMS = {"1_bigram": 4_225, "2_self_attention": 7_553, "3_multi_head": 7_553, "4_feed_forward": 8_609,
+                  "5_residual": 41_921, "6_layernorm": 42_369, "7_scaled_up": 10_788_929}
+
+
+def test_every_step_has_a_lecture_count():
+    assert list(LECTURE_PARAMS) == [s.name for s in STEPS]
+
+
+@pytest.mark.parametrize("name", list(LECTURE_PARAMS))
+def test_each_step_has_the_lectures_parameter_count(name):
+    c = load_recipe(RECIPES / f"{name}.toml")  # at the recipe's own (the lecture's full) size
+    with torch.device("meta"):  # shapes only: no memory, no init
+        model = build_model(replace(c.model, vocab_size=65))
+    assert sum(p.numel() for p in model.parameters()) == LECTURE_PARAMS[name]

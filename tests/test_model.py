@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from scratchgpt.models import GPT, BigramLanguageModel, GPTConfig, build_model
 from scratchgpt.models.gpt import CausalSelfAttention
 
-LECTURE = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
+# The default model at the lecture's final size: nanoGPT's model (GELU, tied head, no biases), not the lecture's
+# (ReLU, untied head with a bias, bias = "lecture"; that one is configs/lecture/7_scaled_up.toml).
+NANOGPT = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
 
 
 def tiny(**kw) -> GPTConfig:
@@ -23,9 +25,9 @@ def tiny(**kw) -> GPTConfig:
 
 
 @pytest.fixture(scope="module")
-def lecture_model() -> GPT:
+def nanogpt_model() -> GPT:
     torch.manual_seed(0)
-    return GPT(LECTURE)
+    return GPT(NANOGPT)
 
 
 class TinyCache:
@@ -48,22 +50,24 @@ class TinyCache:
 
 # ---- size, tying, init ------------------------------------------------------------------------------
 
-def test_lecture_model_has_10_65m_parameters(lecture_model):
-    assert lecture_model.num_params() == 10_646_784  # position embeddings excluded, tied head counted once
-    assert lecture_model.num_params(non_embedding=False) == 10_646_784 + 256 * 384
-    assert f"{lecture_model.num_params() / 1e6:.2f}M" == "10.65M"
+def test_default_model_at_the_lectures_size_is_nanogpts_10_65m(nanogpt_model):
+    # nanoGPT's count (position embeddings excluded, tied head counted once); the lecture's own final model
+    # prints 10.788929 M (tests/test_lecture_switches.py::test_each_step_has_the_lectures_parameter_count)
+    assert nanogpt_model.num_params() == 10_646_784
+    assert nanogpt_model.num_params(non_embedding=False) == 10_646_784 + 256 * 384
+    assert f"{nanogpt_model.num_params() / 1e6:.2f}M" == "10.65M"
 
 
-def test_lm_head_is_tied_to_token_embedding(lecture_model):
-    assert lecture_model.lm_head.weight is lecture_model.wte.weight
+def test_lm_head_is_tied_to_token_embedding(nanogpt_model):
+    assert nanogpt_model.lm_head.weight is nanogpt_model.wte.weight
     untied = GPT(tiny(tie_weights=False))
     assert untied.lm_head.weight is not untied.wte.weight
 
 
-def test_gpt2_init_statistics(lecture_model):
-    proj_std = 0.02 / math.sqrt(2 * LECTURE.n_layer)
+def test_gpt2_init_statistics(nanogpt_model):
+    proj_std = 0.02 / math.sqrt(2 * NANOGPT.n_layer)
     stds = {"c_attn": [], "c_fc": [], "c_proj": []}
-    for name, p in lecture_model.named_parameters():
+    for name, p in nanogpt_model.named_parameters():
         if name.endswith("c_proj.weight"):
             stds["c_proj"].append(p.std().item())
         elif name.endswith("weight") and p.dim() == 2 and "h." in name:
@@ -72,20 +76,35 @@ def test_gpt2_init_statistics(lecture_model):
             assert torch.equal(p, torch.ones_like(p)), name
         else:
             assert abs(p.mean().item()) < 1e-3, name
-    assert len(stds["c_proj"]) == 2 * LECTURE.n_layer
+    assert len(stds["c_proj"]) == 2 * NANOGPT.n_layer
     for key, values in stds.items():
         want = proj_std if key == "c_proj" else 0.02
         assert values and all(abs(v - want) / want < 0.05 for v in values), (key, values, want)
-    assert abs(lecture_model.wte.weight.std().item() - 0.02) < 0.001
-    assert abs(lecture_model.wpe.weight.std().item() - 0.02) < 0.001
+    assert abs(nanogpt_model.wte.weight.std().item() - 0.02) < 0.001
+    assert abs(nanogpt_model.wpe.weight.std().item() - 0.02) < 0.001
 
 
 def test_biases_are_zero_when_enabled():
-    model = GPT(tiny(bias=True))
+    model = GPT(tiny(bias="gpt2"))
     biases = [(n, p) for n, p in model.named_parameters() if n.endswith("bias")]
     assert len(biases) == 2 * 6 + 1  # per block: ln_1, c_attn, c_proj, ln_2, c_fc, c_proj; plus ln_f
     for name, p in biases:
         assert torch.count_nonzero(p) == 0, name
+
+
+def test_bias_patterns_put_biases_where_they_say():
+    def biased(bias) -> set[str]:
+        model = GPT(tiny(n_layer=1, tie_weights=False, bias=bias))
+        return {n.removesuffix(".bias") for n, _ in model.named_parameters() if n.endswith(".bias")}
+
+    layers = {"h.0.ln_1", "h.0.attn.c_proj", "h.0.ln_2", "h.0.mlp.c_fc", "h.0.mlp.c_proj", "ln_f"}
+    assert biased("none") == set()
+    assert biased("gpt2") == layers | {"h.0.attn.c_attn"}  # GPT-2: every Linear and LayerNorm, not the head
+    assert biased("lecture") == layers | {"lm_head"}  # the lecture: not key/query/value, but the head
+    assert biased(True) == biased("gpt2") and biased(False) == set()  # the switch was a bool once
+    assert GPTConfig(bias=True).bias == "gpt2"
+    with pytest.raises(ValueError, match="bias must be one of none, gpt2, lecture"):
+        GPTConfig(bias="all")
 
 
 def test_initial_loss_near_ln_vocab(shakespeare_dir):

@@ -1,5 +1,5 @@
 """Modern options, each a config switch: rotary positions, RMSNorm, QK-norm, ReLU^2, untied head, no biases,
-Muon; the defaults stay the lecture's GPT. Also the FLOPs estimate behind MFU."""
+Muon; the defaults stay nanoGPT's model. Also the FLOPs estimate behind MFU."""
 
 from __future__ import annotations
 

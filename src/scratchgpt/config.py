@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import ConfigError, closest
 from .models import ModelConfig
+from .models.gpt import BIASES
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Config:
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("gpt", "bigram"),
+    "model.bias": BIASES,
     "model.pos_emb": ("learned", "rope", "none"),
     "model.norm": ("layernorm", "rmsnorm", "none"),
     "model.mlp": ("gelu", "gelu_tanh", "relu", "relu2", "none"),
@@ -83,6 +85,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.dtype": ("auto", "float32", "bfloat16"),
     "train.optimizer": ("adamw", "muon"),
 }
+# Values a key once took that still load (config.json files of older runs): model.bias was a bool.
+LEGACY: dict[str, dict[bool, str]] = {"model.bias": {False: "none", True: "gpt2"}}
 
 
 def _field_types(cls: type) -> dict[str, type]:
@@ -94,6 +98,8 @@ def _check_value(key: str, value: Any, typ: type) -> Any:
     """Return value converted to typ (int -> float allowed), or raise naming the key."""
     if isinstance(typ, types.UnionType):
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if key in LEGACY and isinstance(value, bool):
+        value = LEGACY[key][value]
     ok = (
         (typ is bool and isinstance(value, bool))
         or (typ is int and isinstance(value, int) and not isinstance(value, bool))

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
-from .config import Config, load_recipe, to_dict
+from .config import LEGACY, Config, load_recipe, to_dict
 from .console import echo
 from .data import load_meta
 from .errors import UserError
@@ -125,7 +125,8 @@ def same_run(old: Any, new: dict[str, Any]) -> bool:
     """Whether a run recorded with identity `old` computes what `new` asks for.
 
     A setting added to the code since `old` was written counts as the same when `new` leaves it at its
-    default (so a new option does not make every finished step stale); one since removed is ignored.
+    default (so a new option does not make every finished step stale); one since removed is ignored; one
+    whose values have changed form (`config.LEGACY`: model.bias was a bool) is read in its new form.
     """
     if not isinstance(old, dict):
         return False
@@ -137,6 +138,8 @@ def same_run(old: Any, new: dict[str, Any]) -> bool:
         missing = object()
         for key, value in values.items():
             expected = before.get(key, defaults.get(section, {}).get(key, missing))
+            if isinstance(expected, bool) and f"{section}.{key}" in LEGACY:
+                expected = LEGACY[f"{section}.{key}"][expected]
             if expected != value:
                 return False
     return True
@@ -219,6 +222,10 @@ def run_lecture(budget: str = "cpu", device: str = "auto", data_dir: str | Path 
     start = time.time()
     recipes = recipes_dir()
     dev = resolve_device(device)
+    if budget == "gpu" and device == "auto" and dev.type == "cpu":
+        raise UserError("the gpu budget trains the lecture's full-size model (10.8M parameters, 5000 steps of 64 x 256 "
+                        "tokens), many hours on a CPU, and no GPU was found; use --budget cpu, or --device cpu to "
+                        "run it on the CPU anyway")
     threads = torch.get_num_threads()
     results, trained, skipped = [], [], []
     for i, step in enumerate(STEPS, 1):

@@ -9,7 +9,9 @@ loads (`export_hf`). Does not own training, sampling or the run-directory format
 The mapping: our module names are GPT-2's without the `transformer.` prefix. GPT-2 uses Conv1D, whose
 weight is (in, out), the transpose of nn.Linear's, for attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj.
 The head is tied to wte, so a tied checkpoint holds no lm_head.weight. Its "gelu_new" is our "gelu_tanh".
-Our models without biases export with zero biases, which computes the same function. Nothing is unpickled:
+GPT-2's biases are `model.bias = "gpt2"`; our models without some of them (`none`, and the lecture's
+key/query/value) export with zero biases, which computes the same function, but GPT-2's head has no bias,
+so a model with one (`model.bias = "lecture"`) is refused. Nothing is unpickled:
 a directory with only pytorch_model.bin is refused.
 """
 
@@ -46,7 +48,7 @@ ACT_OUT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 LN_EPS = 1e-5  # nn.LayerNorm's default, which our model uses
 # with init_from these come from the checkpoint; a recipe that sets one to something else is refused
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "tie_weights", "pos_emb", "norm", "mlp",
-              "residual", "qk_norm", "attn_proj")
+              "residual", "qk_norm", "attn_proj", "mlp_proj")
 
 
 # ---- reading a Hugging Face directory ---------------------------------------------------------------
@@ -128,7 +130,7 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
         if refused:
             raise CheckpointError(f"'{source}' cannot be imported: its config.json says {why}")
     return ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=n_positions,
-                       vocab_size=vocab_size, dropout=0.0, bias=True, tie_weights=bool(hf.get("tie_word_embeddings", True)),
+                       vocab_size=vocab_size, dropout=0.0, bias="gpt2", tie_weights=bool(hf.get("tie_word_embeddings", True)),
                        pos_emb="learned", norm="layernorm", mlp=ACT_IN[act], residual=True, qk_norm=False,
                        init_from=source)
 
@@ -289,13 +291,17 @@ def import_hf(source: str, out: str | Path, force: bool = False) -> tuple[Path, 
 # ---- export -----------------------------------------------------------------------------------------
 
 def check_exportable(m: ModelConfig) -> None:
-    """Refuse, by key, a model GPT-2's architecture cannot express (biases off is fine: they export as zeros)."""
+    """Refuse, by key, a model GPT-2's architecture cannot express (biases off is fine: they export as zeros;
+    a bias on the head is not: GPT-2's has none)."""
     defaults = {"arch": "gpt", "pos_emb": "learned", "norm": "layernorm", "residual": True, "qk_norm": False,
-                "attn_proj": True}
+                "attn_proj": True, "mlp_proj": True}
     for key, want in defaults.items():
         if hasattr(m, key) and getattr(m, key) != want:
             raise UserError(f"this run cannot be exported as GPT-2: its model.{key} is {getattr(m, key)!r} but "
                             f"GPT-2 needs {want!r}")
+    if m.bias == "lecture":
+        raise UserError("this run cannot be exported as GPT-2: its model.bias is 'lecture', which gives the LM head "
+                        "a bias, and GPT-2's head has none")
     if m.mlp not in ACT_OUT:
         raise UserError(f"this run cannot be exported as GPT-2: its model.mlp is {m.mlp!r}; GPT-2 needs one of "
                         f"{', '.join(ACT_OUT)}")
@@ -317,7 +323,7 @@ def hf_config(m: ModelConfig, eot: int | None) -> dict[str, Any]:
 
 def state_to_hf(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict -> GPT-2's names (Conv1D weights transposed; absent biases as zeros; tied head left out)."""
-    full = {name: torch.zeros(shape) for name, shape in expected_shapes(replace(m, bias=True)).items()
+    full = {name: torch.zeros(shape) for name, shape in expected_shapes(replace(m, bias="gpt2")).items()
             if name.endswith(".bias")}  # zero biases compute what no biases do
     full.update({k: v.detach().to("cpu", torch.float32) for k, v in state.items()})
     out = {}

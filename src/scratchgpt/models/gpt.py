@@ -1,10 +1,11 @@
 """The GPT model: config, modules, initialisation, forward. Pure: no I/O, no printing, no devices.
 
 Owns `GPTConfig`, `CausalSelfAttention`, `MLP`, `Block` and `GPT`, written by hand because they are the
-point of the project. The defaults are the lecture's / GPT-2's model (learned positions, pre-LayerNorm,
-4x GELU MLP, tied head). Switches let the lecture's earlier steps (no MLP, no residual, no norm, no attention
-output projection) and modern variants (rotary positions, RMSNorm, QK-norm, ReLU^2, untied head) be built
-from the same code.
+point of the project. The defaults are nanoGPT's model (learned positions, pre-LayerNorm, 4x GELU MLP,
+tied head, no biases); the lecture's final model is the same architecture with `mlp = "relu"`, an
+untied head and `bias = "lecture"`. Switches let the lecture's earlier steps (no MLP or a one-layer one,
+no residual, no norm, no attention output projection) and modern variants (rotary positions, RMSNorm,
+QK-norm, ReLU^2) be built from the same code.
 Does not own sampling policy, the KV cache's storage (the engine passes a cache object in), or weights I/O.
 """
 
@@ -18,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+BIASES = ("none", "gpt2", "lecture")  # GPTConfig.bias
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -29,11 +32,15 @@ class GPTConfig:
     block_size: int = 256
     vocab_size: int = 0
     dropout: float = 0.0
-    bias: bool = False
+    # which layers carry a bias: none | gpt2 (every Linear and LayerNorm, but not the head) | lecture (the
+    # video's pattern: none on key/query/value, one on the attention and MLP projections, the LayerNorms and
+    # the head). true / false, as older config.json files hold, mean gpt2 / none.
+    bias: str = "none"
     tie_weights: bool = True
     pos_emb: str = "learned"  # learned | rope | none
     norm: str = "layernorm"  # layernorm | rmsnorm | none
     mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's tanh approximation) | relu | relu2 | none
+    mlp_proj: bool = True  # 4x expansion + output projection; off: one Linear(C, C), the lecture's first MLP
     residual: bool = True
     attn_proj: bool = True  # output projection after attention (the lecture adds it with residuals)
     qk_norm: bool = False
@@ -43,6 +50,12 @@ class GPTConfig:
     # how attention is computed (the same function either way): sdpa, torch's fused scaled_dot_product_attention,
     # or manual, the lecture's softmax(Q K^T / sqrt(d)) V written out (slower; for reading and checking)
     attention: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bias, bool):  # the switch was a bool before it was a choice
+            object.__setattr__(self, "bias", "gpt2" if self.bias else "none")
+        if self.bias not in BIASES:
+            raise ValueError(f"GPTConfig.bias must be one of {', '.join(BIASES)}, got {self.bias!r}")
 
 
 class KVCacheLike(Protocol):
@@ -96,9 +109,10 @@ class CausalSelfAttention(nn.Module):
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads at once
+        # q, k, v for all heads at once; the lecture's key, query and value have no bias, GPT-2's do
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias == "gpt2")
         # without it the heads' outputs go on concatenated, as in the lecture before residuals
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.attn_proj else None
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias != "none") if cfg.attn_proj else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
         self.manual = cfg.attention == "manual"
@@ -154,13 +168,15 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        hidden = 4 * cfg.n_embd if cfg.mlp_proj else cfg.n_embd
+        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias != "none")
+        # without it the MLP is the lecture's first feed-forward (its step 4): Linear(C, C) and the non-linearity
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias != "none") if cfg.mlp_proj else None
         self.act = cfg.mlp
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)  # (B, T, 4C)
+        h = self.c_fc(x)  # (B, T, 4C), or (B, T, C) without the projection
         if self.act == "gelu":
             h = F.gelu(h)
         elif self.act == "gelu_tanh":  # GPT-2's "gelu_new": imported GPT-2 weights need it to match exactly
@@ -169,7 +185,9 @@ class MLP(nn.Module):
             h = F.relu(h)
         else:  # relu2: squared ReLU
             h = F.relu(h).square()
-        return self.dropout(self.c_proj(h))  # (B, T, C)
+        if self.c_proj is not None:
+            h = self.c_proj(h)  # (B, T, C)
+        return self.dropout(h)
 
 
 class Block(nn.Module):
@@ -177,9 +195,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
+        self.ln_1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias != "none")
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias) if cfg.mlp != "none" else None
+        self.ln_2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias != "none") if cfg.mlp != "none" else None
         self.mlp = MLP(cfg) if cfg.mlp != "none" else None
         self.residual = cfg.residual
 
@@ -205,8 +223,8 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.bias)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.bias != "none")
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.bias == "lecture")  # GPT-2's head has none
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads tokens in and writes them out
         if cfg.pos_emb == "rope":
