@@ -88,7 +88,12 @@ def sample_next(logits: torch.Tensor, s: SamplingSettings, generator: torch.Gene
     """One token per row from logits (B, vocab) -> (B,) ids: argmax at temperature 0, else sampled."""
     if s.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / s.temperature  # (B, V)
+    # Subtract each row's max first: the best token sits at exactly 0 and keeps it (0 / T is 0 for any T, and
+    # the where guards a T that rounds to 0 in float32), the rest go to -inf as T -> 0, so a tiny temperature
+    # tends to greedy instead of inf / inf = NaN. Softmax is shift-invariant, so nothing else changes.
+    logits = logits.float()
+    logits = logits - logits.amax(dim=-1, keepdim=True)  # (B, V), <= 0
+    logits = torch.where(logits == 0, logits, logits / s.temperature)  # (B, V)
     if s.top_k is not None and s.top_k < logits.size(-1):
         kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -100,6 +105,7 @@ def sample_next(logits: torch.Tensor, s: SamplingSettings, generator: torch.Gene
         drop = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before >= s.top_p)
         probs = probs.masked_fill(drop, 0.0)
     q = torch.empty_like(probs).exponential_(1.0, generator=generator)  # (B, V)
+    q = q.clamp_min_(torch.finfo(q.dtype).tiny)  # a draw of exactly 0 would make 0 / 0 = NaN for p = 0
     return (probs / q).argmax(dim=-1)  # (B,): distributed as probs, no host sync
 
 
