@@ -141,6 +141,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | torch.dev
     run = Path(run_dir)
     cfg = read_config(run)
     tok = read_tokenizer(run)
+    check_tokenizer_fits(tok.vocab_size, cfg.model.vocab_size, run / TOKENIZER)
     model = build_model(cfg.model)
     path = run / MODEL_BEST if which == "best" and (run / MODEL_BEST).is_file() else run / MODEL
     load_weights(path, model)
@@ -188,11 +189,21 @@ def load_trainer_state(run_dir: str | Path, model: nn.Module, optimizer: torch.o
     return extra, info
 
 
+def check_tokenizer_fits(tokenizer_vocab: int, model_vocab: int, tokenizer_path: Path) -> None:
+    """A tokenizer may have fewer ids than the model's embedding (the rest is padding), never more: its
+    extra ids would index past the table."""
+    if tokenizer_vocab > model_vocab:
+        raise CheckpointError(f"'{tokenizer_path}' has {tokenizer_vocab:,} tokens but the weights have a vocabulary of "
+                              f"{model_vocab:,}; the tokenizer must have at most as many tokens as the model")
+
+
 def resolved_model_config(cfg: Config, vocab_size: int) -> Config:
-    """Fill model.vocab_size from the data (or check a recipe's explicit value covers it)."""
+    """Fill model.vocab_size from the data (or check a recipe's explicit value covers it: a larger one is
+    padding, a smaller one is refused)."""
     m = cfg.model
     if m.vocab_size == 0:
         return replace(cfg, model=replace(m, vocab_size=vocab_size))
     if m.vocab_size < vocab_size:
-        raise ConfigError(f"'model.vocab_size' is {m.vocab_size} but the data has {vocab_size} tokens")
+        raise ConfigError(f"'model.vocab_size' is {m.vocab_size:,} but the data's tokenizer has {vocab_size:,} tokens; "
+                          f"it must be at least {vocab_size:,} (or 0 to take it from the data)")
     return cfg
