@@ -137,10 +137,10 @@ def test_model_vocab_padded_past_the_tokenizer(capsys, small_text_dir, tmp_path)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max-new-tokens", "-1"], "max new tokens"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens"),
     (["--temperature", "-1"], "temperature"),
     (["--top-k", "0"], "top-k"),
-    (["--num-samples", "0"], "number of samples"),
+    (["--num-samples", "0"], "--num-samples"),
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_sampling_arguments_are_user_errors(capsys, run_dir, args, message):

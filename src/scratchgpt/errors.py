@@ -30,6 +30,10 @@ class CheckpointError(UserError):
     """A run directory that is not one, or a corrupt, truncated or unsafe checkpoint."""
 
 
+class UsageError(UserError):
+    """A command line that does not parse: an unknown flag, a missing argument, a number out of range."""
+
+
 class Interrupted(UserError):
     """Training stopped by Ctrl-C after saving a checkpoint."""
 

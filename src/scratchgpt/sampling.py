@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
+from .limits import MAX_NEW_TOKENS_CAP, UINT64_MAX
 
-MAX_NEW_TOKENS_CAP = 100_000  # documented in the README; more is almost surely a typo
 MAX_STOP_LEN = 1_000
 _HOLD_INCOMPLETE = 4  # tokens held back at most while the decoded text ends in U+FFFD (a UTF-8 char is <= 4 bytes)
 
@@ -64,8 +64,9 @@ class SamplingSettings:
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_LEN:
                 raise UserError(f"each stop string must be text of 1 to {MAX_STOP_LEN} characters, got {s!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise UserError(f"seed must be a whole number, got {self.seed!r}")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed <= UINT64_MAX):
+            raise UserError(f"seed must be a whole number from -2**63 to 2**64 - 1 (what torch takes), got {seed!r}")
         if self.window not in WINDOWS:
             raise UserError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
 
