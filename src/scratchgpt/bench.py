@@ -20,6 +20,7 @@ from .config import Config
 from .data import load_meta
 from .errors import DataError, UserError
 from .flops import flops_per_token, matmul_params, mfu
+from .memory import check_train
 from .models import build_model
 from .optim import configure_optimizer, set_lr
 from .train import autocast_context, resolve_device
@@ -66,6 +67,7 @@ def bench_train(cfg: Config, steps: int = 20, warmup: int = 5, peak_flops: float
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    check_train(cfg, device)  # refuse what cannot fit before anything is allocated
     torch.manual_seed(t.seed)
     model = build_model(m).to(device)
     optimizer = configure_optimizer(model, t, device)

@@ -33,6 +33,7 @@ from . import __version__
 from .config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from .errors import CheckpointError
 from .fileio import atomic_path, atomic_write_json
+from .memory import check_weights
 from .models import build_model
 from .tokenizers import Tokenizer, tokenizer_from_json
 
@@ -142,6 +143,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | torch.dev
     cfg = read_config(run)
     tok = read_tokenizer(run)
     check_tokenizer_fits(tok.vocab_size, cfg.model.vocab_size, run / TOKENIZER)
+    check_weights(cfg.model, device)  # refuse what cannot fit before anything is allocated
     model = build_model(cfg.model)
     path = run / MODEL_BEST if which == "best" and (run / MODEL_BEST).is_file() else run / MODEL
     load_weights(path, model)

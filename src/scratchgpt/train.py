@@ -40,6 +40,7 @@ from .data import BatchLoader, load_meta
 from .errors import Interrupted, UserError
 from .fileio import atomic_write_text
 from .flops import flops_per_token, matmul_params, mfu
+from .memory import check_train as check_train_memory
 from .models import build_model
 from .optim import configure_optimizer, lr_at, set_lr
 from .plots import plot_loss, read_metrics
@@ -210,6 +211,7 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
         from .interop.hf import apply_init_from, load_state
         cfg, pretrained = apply_init_from(cfg, tokenizer)
     cfg = ckpt.resolved_model_config(cfg, meta["vocab_size"])
+    check_train_memory(cfg, device, dist.world_size)  # refuse what cannot fit before anything is allocated
     run_dir = Path(out_dir or (resume if resume else None) or t.out_dir or f"runs/{cfg.name}")
     if t.threads:
         torch.set_num_threads(t.threads)
