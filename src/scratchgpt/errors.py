@@ -30,6 +30,11 @@ class CheckpointError(UserError):
     """A run directory that is not one, or a corrupt, truncated or unsafe checkpoint."""
 
 
+class DiskError(UserError, OSError):
+    """A write the filesystem refused (full, read-only, no permission): names the path and what was kept.
+    Also an OSError, so code that handles a failed write as one still does."""
+
+
 class UsageError(UserError):
     """A command line that does not parse: an unknown flag, a missing argument, a number out of range."""
 
