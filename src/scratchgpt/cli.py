@@ -7,6 +7,7 @@ generated text to stdout. Contains no logic of its own beyond wiring.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import NoReturn
 from .errors import UsageError, UserError
 from .limits import INT64_MAX, MAX_BATCH, MAX_NEW_TOKENS_CAP, MAX_THREADS, UINT64_MAX, Range, floats, ints
 
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 CORPUS_OPTIONS = ("text_field", "txt_docs", "shard_tokens", "workers", "hf_config", "hf_split")
 
 
@@ -358,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the last resort for a full or read-only disk that no writer turned into a sentence
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f"'{e.filename}': " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `scratchgpt sample ... | head` closed our stdout: not an error
         return 0
 

@@ -34,6 +34,8 @@ class DiskError(UserError, OSError):
     """A write the filesystem refused (full, read-only, no permission): names the path and what was kept.
     Also an OSError, so code that handles a failed write as one still does."""
 
+    reason = ""  # the system's words (e.g. "No space left on device"), for an outer writer to reuse
+
 
 class UsageError(UserError):
     """A command line that does not parse: an unknown flag, a missing argument, a number out of range."""

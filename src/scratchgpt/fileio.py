@@ -87,13 +87,15 @@ def writing(target: str | Path, kept: str | None = None) -> Iterator[None]:
         kept = f"the previous '{target}' is unchanged" if target.exists() else "nothing was written"
     try:
         yield
-    except DiskError:
-        raise  # already one sentence, from a writer nested inside
     except Exception as e:
-        why = _reason(e, target)
+        # a writer nested inside (a file in a staging directory) already said why; the outer target is what
+        # the user asked for, so the outermost one names it
+        why = e.reason if isinstance(e, DiskError) else _reason(e, target)
         if why is None:
             raise
-        raise DiskError(f"could not write '{target}': {why}; {kept}") from None
+        err = DiskError(f"could not write '{target}': {why}; {kept}")
+        err.reason = why
+        raise err from None
 
 
 @contextlib.contextmanager
@@ -235,9 +237,21 @@ def atomic_write_json(target: str | Path, obj: Any) -> None:
 
 
 def append_text(target: str | Path, text: str) -> None:
-    """Append to a log (not atomic: a crash may cut the last line, which readers skip)."""
-    with writing(target, f"the lines already in '{target}' are kept"), open(target, "a", encoding="utf-8") as f:
-        f.write(text)
+    """Append to a log. A refused write is cut back off (a kill may still leave a cut last line, which
+    readers skip); what was there before is kept."""
+    with writing(target, f"the lines already in '{target}' are kept"):
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start, rest = os.fstat(fd).st_size, memoryview(text.encode("utf-8"))
+            try:
+                while rest:
+                    rest = rest[os.write(fd, rest):]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -38,7 +38,7 @@ from .config import Config
 from .console import echo
 from .data import BatchLoader, load_meta
 from .errors import Interrupted, UserError
-from .fileio import atomic_write_text
+from .fileio import append_text, atomic_write_text
 from .flops import flops_per_token, matmul_params, mfu
 from .memory import check_train as check_train_memory
 from .models import build_model
@@ -280,8 +280,7 @@ def _train(cfg: Config, dist: D.DistContext, device: torch.device, launch: float
 
     def log(row: dict) -> None:
         if main:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            append_text(metrics_path, json.dumps(row) + "\n")  # a refused write: one DiskError sentence
 
     loader_state = loader.state()  # the state before the batch that is drawn but not yet used
 
