@@ -137,7 +137,7 @@ def test_model_vocab_padded_past_the_tokenizer(capsys, small_text_dir, tmp_path)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max-new-tokens", "-1"], "--max-new-tokens"),
+    (["--max-new-tokens", "-1"], "max new tokens"),
     (["--temperature", "-1"], "temperature"),
     (["--top-k", "0"], "top-k"),
     (["--num-samples", "0"], "--num-samples"),

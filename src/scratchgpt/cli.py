@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .errors import UsageError, UserError
-from .limits import INT64_MAX, MAX_BATCH, MAX_NEW_TOKENS_CAP, MAX_THREADS, UINT64_MAX, Range, floats, ints
+from .limits import INT64_MAX, MAX_BATCH, MAX_NEW_TOKENS_CAP, MAX_THREADS, Range, floats, ints
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 CORPUS_OPTIONS = ("text_field", "txt_docs", "shard_tokens", "workers", "hf_config", "hf_split")
@@ -212,7 +212,9 @@ def _number(allowed: Range) -> Callable[[str], int | float]:
     return parse
 
 
-# Every numeric flag's range (a test walks the parser to check that none is missing).
+# Every numeric flag's range (a test walks the parser to check that none is missing), except the sampling
+# settings, which SamplingSettings checks (for the API and the server too) before the model loads.
+SAMPLING_FLAGS = ("--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed")
 THREADS = _number(ints(0, MAX_THREADS))  # 0: torch's default
 WORKERS = _number(ints(1, MAX_THREADS))
 BATCH = _number(ints(1, MAX_BATCH))
@@ -266,16 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("run_dir")
     ps.add_argument("--prompt", help="text to continue (default: a newline)")
     ps.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
-    ps.add_argument("--max-new-tokens", type=_number(ints(0, MAX_NEW_TOKENS_CAP)), default=500)
-    ps.add_argument("--temperature", type=FLOPS, default=1.0, help="0 is greedy")
-    ps.add_argument("--top-k", type=_number(ints(1, 2**32)), default=None)
-    ps.add_argument("--top-p", type=_number(floats(0.0, 1.0, lo_open=True)), default=1.0, help="nucleus sampling: keep the most likely tokens up to this mass")
+    ps.add_argument("--max-new-tokens", type=int, default=500)
+    ps.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    ps.add_argument("--top-k", type=int, default=None)
+    ps.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this mass")
     ps.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
     ps.add_argument("--window", choices=["full", "half"], default="full",
                     help="past the block size: keep the last block every token (full, the lecture's) or slide "
                          "by half-blocks (half: several times faster for long generations)")
     ps.add_argument("--num-samples", type=_number(ints(1, 4096)), default=1, help="samples of the prompt, generated as one batch")
-    ps.add_argument("--seed", type=_number(ints(-(2**63), UINT64_MAX)), default=None, help="the same seed gives the same text")
+    ps.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     ps.add_argument("--interactive", action="store_true",
                     help="a REPL that keeps continuing what you type; /temperature 0.5 etc. change settings")
     ps.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
@@ -289,11 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     pv.add_argument("--port", type=_number(ints(1, 65535)), default=8000,
                     help="TCP port, 1 to 65535 (0, any free port, is refused: nobody could be told which)")
-    pv.add_argument("--max-batch", type=_number(ints(1, 4096)), default=32, help="sequences decoded together (KV-cache lanes)")
-    pv.add_argument("--max-tokens-cap", type=_number(ints(1, MAX_NEW_TOKENS_CAP)), default=1024, help="the most max_tokens a request may ask for")
-    pv.add_argument("--max-n", type=_number(ints(1, 4096)), default=8, help="the most samples (n) a request may ask for")
-    pv.add_argument("--max-prompt-tokens", type=_number(ints(1, 2**24)), default=4096, help="the longest prompt accepted, in tokens")
-    pv.add_argument("--max-waiting", type=_number(ints(1, 2**20)), default=256, help="queued requests beyond which new ones get a 503")
+    pv.add_argument("--max-batch", type=_number(ints(1, 4096)), default=32,
+                    help="sequences decoded together (KV-cache lanes)")
+    pv.add_argument("--max-tokens-cap", type=_number(ints(1, MAX_NEW_TOKENS_CAP)), default=1024,
+                    help="the most max_tokens a request may ask for")
+    pv.add_argument("--max-n", type=_number(ints(1, 4096)), default=8,
+                    help="the most samples (n) a request may ask for")
+    pv.add_argument("--max-prompt-tokens", type=_number(ints(1, 2**24)), default=4096,
+                    help="the longest prompt accepted, in tokens")
+    pv.add_argument("--max-waiting", type=_number(ints(1, 2**20)), default=256,
+                    help="queued requests beyond which new ones get a 503")
     pv.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
     pv.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
     pv.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
