@@ -203,9 +203,9 @@ def _number(allowed: Range) -> Callable[[str], int | float]:
     def parse(text: str) -> int | float:
         try:
             value: int | float = int(text) if allowed.integer else float(text)
-        except ValueError:
-            value = None  # type: ignore[assignment]
-        if value is None or not allowed.contains(value):
+        except ValueError:  # "abc", or "2.5" for a whole number
+            raise argparse.ArgumentTypeError(f"{allowed.describe()}, got {text!r}") from None
+        if not allowed.contains(value):
             raise argparse.ArgumentTypeError(f"{allowed.describe()}, got {text!r}")
         return value
 
