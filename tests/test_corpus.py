@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from scratchgpt import corpus
+from scratchgpt import corpus, fileio
 from scratchgpt.cli import main
 from scratchgpt.corpus import is_val, prepare_corpus
 from scratchgpt.data import BatchLoader, load_meta
@@ -263,7 +263,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     write_jsonl(tmp_path / "a.jsonl", TEXTS)
     out = tmp_path / "out"
     calls = {"n": 0}
-    real_write, real_meta = corpus._ShardWriter.write, corpus.atomic_write_text
+    real_write, real_publish = corpus._ShardWriter.write, fileio._fsync_dir
 
     def failing_write(self, ids):
         calls["n"] += 1
@@ -271,23 +271,25 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
             raise Boom
         real_write(self, ids)
 
-    def failing_meta(path, text):
-        raise Boom
+    def failing_publish(path):  # atomic_dir's last step before the swap
+        if path.name.endswith(".tmp"):
+            raise Boom
+        real_publish(path)
 
     monkeypatch.setattr(corpus, "BATCH_CHARS", 2000)
     if where == "write":
         monkeypatch.setattr(corpus._ShardWriter, "write", failing_write)
     else:
-        monkeypatch.setattr(corpus, "atomic_write_text", failing_meta)
+        monkeypatch.setattr(fileio, "_fsync_dir", failing_publish)
     with pytest.raises(Boom):  # workers=2: the pool is torn down, nothing hangs
         prepare_corpus([tmp_path / "a.jsonl"], out, ByteTokenizer(), shard_tokens=1000, workers=2)
     assert not (out / "meta.json").exists()
-    if where == "write":  # failed while tokenizing: not a single shard under its final name, no staging left
-        assert not out.exists() or list(out.iterdir()) == []
+    # not a single shard under its final name, no staging left
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]
     with pytest.raises(DataError, match="not prepared"):
         BatchLoader(out, "train", 8, 4)
     monkeypatch.setattr(corpus._ShardWriter, "write", real_write)
-    monkeypatch.setattr(corpus, "atomic_write_text", real_meta)
+    monkeypatch.setattr(fileio, "_fsync_dir", real_publish)
     res = prepare_corpus([tmp_path / "a.jsonl"], out, ByteTokenizer(), shard_tokens=1000, workers=1)
     assert not res.skipped and not [p for p in out.iterdir() if p.name.startswith(".")]
 

@@ -140,7 +140,7 @@ def test_model_vocab_padded_past_the_tokenizer(capsys, small_text_dir, tmp_path)
     (["--max-new-tokens", "-1"], "max new tokens"),
     (["--temperature", "-1"], "temperature"),
     (["--top-k", "0"], "top-k"),
-    (["--num-samples", "0"], "number of samples"),
+    (["--num-samples", "0"], "--num-samples"),
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_sampling_arguments_are_user_errors(capsys, run_dir, args, message):

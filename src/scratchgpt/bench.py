@@ -21,6 +21,7 @@ from .config import Config
 from .data import load_meta
 from .errors import DataError, UserError
 from .flops import flops_per_token, matmul_params, mfu
+from .memory import check_train
 from .models import build_model
 from .optim import configure_optimizer, set_lr
 from .train.step import Batches, train_step
@@ -77,6 +78,7 @@ def bench_train(cfg: Config, steps: int = 20, warmup: int = 5, peak_flops: float
     cfg = resolved_model_config(cfg, _vocab(cfg))
     t, m = cfg.train, cfg.model
     rt = runtime.setup(t.device, t.dtype, threads=t.threads, seed=t.seed, compile=t.compile)
+    check_train(cfg, rt.device)  # refuse what cannot fit before anything is allocated
     model = build_model(m).to(rt.device)
     optimizer = configure_optimizer(model, t, rt.device)
     forward = rt.compiled(model)

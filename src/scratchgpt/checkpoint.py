@@ -33,6 +33,7 @@ from . import __version__
 from .config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from .errors import CheckpointError
 from .fileio import atomic_path, atomic_write_json
+from .memory import check_weights
 from .models import build_model
 from .tokenizers import Tokenizer, tokenizer_from_json
 
@@ -160,6 +161,8 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | torch.dev
     run = Path(run_dir)
     cfg = read_config(run)
     tok = read_tokenizer(run)
+    check_tokenizer_fits(tok.vocab_size, cfg.model.vocab_size, run / TOKENIZER)
+    check_weights(cfg.model, torch.device(device))  # refuse what cannot fit before anything is allocated
     model = build_model(cfg.model)
     load_weights(weights_path(run, which), model)
     return model.to(device).eval(), tok, cfg
@@ -206,11 +209,21 @@ def load_trainer_state(run_dir: str | Path, model: nn.Module, optimizer: torch.o
     return extra, info
 
 
+def check_tokenizer_fits(tokenizer_vocab: int, model_vocab: int, tokenizer_path: Path) -> None:
+    """A tokenizer may have fewer ids than the model's embedding (the rest is padding), never more: its
+    extra ids would index past the table."""
+    if tokenizer_vocab > model_vocab:
+        raise CheckpointError(f"'{tokenizer_path}' has {tokenizer_vocab:,} tokens but the weights have a vocabulary of "
+                              f"{model_vocab:,}; the tokenizer must have at most as many tokens as the model")
+
+
 def resolved_model_config(cfg: Config, vocab_size: int) -> Config:
-    """Fill model.vocab_size from the data (or check a recipe's explicit value covers it)."""
+    """Fill model.vocab_size from the data (or check a recipe's explicit value covers it: a larger one is
+    padding, a smaller one is refused)."""
     m = cfg.model
     if m.vocab_size == 0:
         return replace(cfg, model=replace(m, vocab_size=vocab_size))
     if m.vocab_size < vocab_size:
-        raise ConfigError(f"'model.vocab_size' is {m.vocab_size} but the data has {vocab_size} tokens")
+        raise ConfigError(f"'model.vocab_size' is {m.vocab_size:,} but the data's tokenizer has {vocab_size:,} tokens; "
+                          f"it must be at least {vocab_size:,} (or 0 to take it from the data)")
     return cfg

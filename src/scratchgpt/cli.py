@@ -7,12 +7,17 @@ generated text to stdout. Contains no logic of its own beyond wiring.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from .errors import UserError
+from .errors import UsageError, UserError
+from .limits import INT64_MAX, MAX_BATCH, MAX_NEW_TOKENS_CAP, MAX_THREADS, Range, floats, ints
 
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 CORPUS_OPTIONS = ("text_field", "txt_docs", "shard_tokens", "workers", "hf_config", "hf_split")
 
 
@@ -181,8 +186,42 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one `error: ...` line and exit status 2 (a UsageError), not usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _number(allowed: Range) -> Callable[[str], int | float]:
+    """An argparse type: the flag's value parsed and range-checked; argparse names the flag in the error."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value: int | float = int(text) if allowed.integer else float(text)
+        except ValueError:  # "abc", or "2.5" for a whole number
+            raise argparse.ArgumentTypeError(f"{allowed.describe()}, got {text!r}") from None
+        if not allowed.contains(value):
+            raise argparse.ArgumentTypeError(f"{allowed.describe()}, got {text!r}")
+        return value
+
+    return parse
+
+
+# Every numeric flag's range (a test walks the parser to check that none is missing), except the sampling
+# settings, which SamplingSettings checks (for the API and the server too) before the model loads.
+SAMPLING_FLAGS = ("--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed")
+THREADS = _number(ints(0, MAX_THREADS))  # 0: torch's default
+WORKERS = _number(ints(1, MAX_THREADS))
+BATCH = _number(ints(1, MAX_BATCH))
+BLOCK = _number(ints(1, 2**24))
+VOCAB = _number(ints(1, 2**32))  # ids are stored as at most uint32
+STEPS = _number(ints(1, INT64_MAX))
+FLOPS = _number(floats(0.0))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scratchgpt", description="GPT from scratch: prepare, train, sample.")
+    p = _Parser(prog="scratchgpt", description="GPT from scratch: prepare, train, sample.")
     sub = p.add_subparsers(dest="command", required=True)
 
     pp = sub.add_parser("prepare", help="tokenize a corpus into data/<name>/ (train.bin, val.bin, meta.json)")
@@ -194,15 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--out", help="output directory (default data/<name>)")
     pp.add_argument("--tokenizer", default="char",
                     help="char | word | bpe | spm (learned from the text) | gpt2 | DIR from `tokenizer train`")
-    pp.add_argument("--vocab-size", type=int, help="vocabulary size of bpe and spm (default 4096); caps word")
-    pp.add_argument("--val-fraction", type=float, default=0.1,
+    pp.add_argument("--vocab-size", type=VOCAB, help="vocabulary size of bpe and spm (default 4096); caps word")
+    pp.add_argument("--val-fraction", type=_number(floats(0.0, 1.0, True, True)), default=0.1,
                     help="share kept for validation: the end of one small file, else that share of documents")
-    pp.add_argument("--block-size", type=int, default=8, help="refuse text whose splits are shorter than one block")
+    pp.add_argument("--block-size", type=BLOCK, default=8, help="refuse text whose splits are shorter than one block")
     pp.add_argument("--text-field", help="JSONL field / Parquet or dataset column holding the text (default text)")
     pp.add_argument("--txt-docs", choices=["paragraph", "file", "line"],
                     help="what a document is in a .txt file: blank-line separated blocks (default), the file, a line")
-    pp.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
-    pp.add_argument("--workers", type=int, help="tokenizer processes (default: every core)")
+    pp.add_argument("--shard-tokens", type=STEPS, help="tokens per shard file (default 100,000,000)")
+    pp.add_argument("--workers", type=WORKERS, help="tokenizer processes (default: every core)")
     pp.add_argument("--hf-config", help="configuration of an hf:DATASET input (e.g. sample-10BT)")
     pp.add_argument("--hf-split", help="split of an hf:DATASET input (default train)")
 
@@ -214,11 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pb = sub.add_parser("bench", help="training speed of a recipe on random tokens: tokens/s, ms/step, MFU, memory")
     pb.add_argument("config", help="recipe, e.g. configs/gpt2_124m_bench.toml; --section.key=value overrides any key")
-    pb.add_argument("--steps", type=int, default=20, help="timed steps")
-    pb.add_argument("--warmup", type=int, default=5, help="untimed steps first (torch.compile compiles here)")
-    pb.add_argument("--batch-size", type=int, default=None, help="train.batch_size for this run")
+    pb.add_argument("--steps", type=STEPS, default=20, help="timed steps")
+    pb.add_argument("--warmup", type=_number(ints(0)), default=5, help="untimed steps first (torch.compile compiles here)")
+    pb.add_argument("--batch-size", type=BATCH, default=None, help="train.batch_size for this run")
     pb.add_argument("--device", default=None, help="train.device for this run: auto | cpu | cuda | mps")
-    pb.add_argument("--peak-flops", type=float, default=None,
+    pb.add_argument("--peak-flops", type=FLOPS, default=None,
                     help="the device's peak FLOP/s, for MFU (default train.peak_flops; 0 or unset: no MFU)")
 
     ps = sub.add_parser("sample", help="stream text from a trained run")
@@ -233,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--window", choices=["full", "half"], default="full",
                     help="past the block size: keep the last block every token (full, the lecture's) or slide "
                          "by half-blocks (half: several times faster for long generations)")
-    ps.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, generated as one batch")
+    ps.add_argument("--num-samples", type=_number(ints(1, 4096)), default=1, help="samples of the prompt, generated as one batch")
     ps.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     ps.add_argument("--interactive", action="store_true",
                     help="a REPL that keeps continuing what you type; /temperature 0.5 etc. change settings")
@@ -241,20 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
     ps.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on CUDA")
     ps.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (for debugging)")
-    ps.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ps.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
 
     pv = sub.add_parser("serve", help="a playground page and an OpenAI-compatible API for a run (needs the serve extra)")
     pv.add_argument("run_dir")
     pv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    pv.add_argument("--port", type=int, default=8000)
-    pv.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (KV-cache lanes)")
-    pv.add_argument("--max-tokens-cap", type=int, default=1024, help="the most max_tokens a request may ask for")
-    pv.add_argument("--max-n", type=int, default=8, help="the most samples (n) a request may ask for")
-    pv.add_argument("--max-prompt-tokens", type=int, default=4096, help="the longest prompt accepted, in tokens")
-    pv.add_argument("--max-waiting", type=int, default=256, help="queued requests beyond which new ones get a 503")
+    pv.add_argument("--port", type=_number(ints(1, 65535)), default=8000,
+                    help="TCP port, 1 to 65535 (0, any free port, is refused: nobody could be told which)")
+    pv.add_argument("--max-batch", type=_number(ints(1, 4096)), default=32,
+                    help="sequences decoded together (KV-cache lanes)")
+    pv.add_argument("--max-tokens-cap", type=_number(ints(1, MAX_NEW_TOKENS_CAP)), default=1024,
+                    help="the most max_tokens a request may ask for")
+    pv.add_argument("--max-n", type=_number(ints(1, 4096)), default=8,
+                    help="the most samples (n) a request may ask for")
+    pv.add_argument("--max-prompt-tokens", type=_number(ints(1, 2**24)), default=4096,
+                    help="the longest prompt accepted, in tokens")
+    pv.add_argument("--max-waiting", type=_number(ints(1, 2**20)), default=256,
+                    help="queued requests beyond which new ones get a 503")
     pv.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
     pv.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
-    pv.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    pv.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
 
     pe = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 directory (transformers loads it)")
     pe.add_argument("run_dir")
@@ -278,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     kk = pk.add_subparsers(dest="action", required=True)
     kt = kk.add_parser("train", help="learn a byte-level BPE vocabulary; writes DIR/tokenizer.json")
     kt.add_argument("--input", nargs="+", action="extend", required=True, metavar="FILE", help="UTF-8 text files")
-    kt.add_argument("--vocab-size", type=int, required=True, help="tokens in all: 256 bytes + merges + specials")
+    kt.add_argument("--vocab-size", type=VOCAB, required=True, help="tokens in all: 256 bytes + merges + specials")
     kt.add_argument("--out", required=True, metavar="DIR", help="directory for tokenizer.json")
     kt.add_argument("--special", action="append", metavar="TOKEN",
                     help="a special token (repeatable; default <|endoftext|>)")
@@ -286,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     kc = kk.add_parser("compare", help="vocabulary size, tokens and characters per token of char, word, our BPE, "
                                        "SentencePiece and GPT-2 on one text")
     kc.add_argument("--input", required=True, metavar="FILE", help="a UTF-8 text file")
-    kc.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of our BPE and SentencePiece")
+    kc.add_argument("--vocab-size", type=_number(ints(257, 2**32)), default=4096, help="vocabulary of our BPE and SentencePiece")
 
     pi = sub.add_parser("import-hf", help="write a run directory from GPT-2 weights (a hub name or a local directory)")
     pi.add_argument("source", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 directory")
@@ -318,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the last resort for a full or read-only disk that no writer turned into a sentence
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f"'{e.filename}': " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `scratchgpt sample ... | head` closed our stdout: not an error
         return 0
 

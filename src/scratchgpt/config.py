@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, closest
+from .limits import MAX_BATCH, MAX_THREADS, NOT_NEGATIVE, POSITIVE, UINT64_MAX, UNIT_OPEN, Range, floats, ints
 from .models import ModelConfig
 from .models.gpt import BIASES
 
@@ -87,6 +88,43 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Values a key once took that still load (config.json files of older runs): model.bias was a bool.
 LEGACY: dict[str, dict[bool, str]] = {"model.bias": {False: "none", True: "gpt2"}}
+
+# Every number a recipe can set, with its allowed range (a test checks that none is missing). Floats must also
+# be finite. Sizes are capped where a larger value is a typo rather than a model: the memory estimate
+# (`memory.py`) refuses what is in range but does not fit the machine.
+RANGES: dict[str, Range] = {
+    "model.n_layer": ints(1, 100_000),
+    "model.n_head": ints(1, 100_000),
+    "model.n_embd": ints(1, 2**20),
+    "model.block_size": ints(1, 2**24),
+    "model.vocab_size": ints(0, 2**32),  # 0: from the data; ids are stored as at most uint32
+    "model.dropout": UNIT_OPEN,
+    "model.rope_base": POSITIVE,
+    "model.init_std": POSITIVE,
+    "train.max_iters": ints(0),
+    "train.batch_size": ints(1, MAX_BATCH),
+    "train.grad_accum_steps": ints(1, 2**20),
+    "train.learning_rate": POSITIVE,
+    "train.min_lr": NOT_NEGATIVE,
+    "train.warmup_iters": ints(0),
+    "train.lr_decay_iters": ints(0),
+    "train.weight_decay": NOT_NEGATIVE,
+    "train.beta1": UNIT_OPEN,
+    "train.beta2": UNIT_OPEN,
+    "train.grad_clip": NOT_NEGATIVE,
+    "train.eval_interval": ints(1),
+    "train.eval_iters": ints(1, 2**32),
+    "train.eval_batch_size": ints(0, MAX_BATCH),
+    "train.log_interval": ints(1),
+    "train.seed": ints(-(2**63), UINT64_MAX),  # what torch.manual_seed takes
+    "train.threads": ints(0, MAX_THREADS),
+    "train.time_limit": NOT_NEGATIVE,
+    "train.stop_val_loss": NOT_NEGATIVE,
+    "train.muon_lr": POSITIVE,
+    "train.muon_momentum": UNIT_OPEN,
+    "train.peak_flops": NOT_NEGATIVE,
+    "train.dist_timeout": floats(0.0, 365 * 86400.0, lo_open=True),  # a timedelta; a year is already absurd
+}
 
 
 def _field_types(cls: type) -> dict[str, type]:
@@ -196,29 +234,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
+    """The range of every number (RANGES), then cross-field checks that a type alone cannot express."""
     m, t = cfg.model, cfg.train
-    positive = {"model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
-                "model.block_size": m.block_size, "train.batch_size": t.batch_size,
-                "train.grad_accum_steps": t.grad_accum_steps, "train.eval_interval": t.eval_interval,
-                "train.log_interval": t.log_interval, "train.eval_iters": t.eval_iters}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"'{key}' must be positive, got {value}")
+    for key, allowed in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not allowed.contains(value):
+            raise ConfigError(allowed.refusal(f"'{key}'", value))
     if m.init_from and m.arch != "gpt":
         raise ConfigError(f"'model.init_from' needs model.arch = gpt, got {m.arch!r}")
     if m.arch == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"'model.n_embd' ({m.n_embd}) must be divisible by 'model.n_head' ({m.n_head})")
     if m.pos_emb == "rope" and (m.n_embd // m.n_head) % 2:
         raise ConfigError("'model.pos_emb' = rope needs an even head size (n_embd / n_head)")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"'model.dropout' must be in [0, 1), got {m.dropout}")
-    if t.max_iters < 0 or t.warmup_iters < 0:
-        raise ConfigError("'train.max_iters' and 'train.warmup_iters' must not be negative")
-    if t.learning_rate <= 0 or t.min_lr < 0:
-        raise ConfigError("'train.learning_rate' must be positive and 'train.min_lr' not negative")
-    if t.muon_lr <= 0 or t.dist_timeout <= 0 or t.peak_flops < 0:
-        raise ConfigError("'train.muon_lr' and 'train.dist_timeout' must be positive and 'train.peak_flops' not negative")
     if t.schedule_by_time and t.time_limit <= 0:
         raise ConfigError("'train.schedule_by_time' needs 'train.time_limit' (seconds) to decay the lr over")
     if t.optimizer == "muon" and t.fsdp:

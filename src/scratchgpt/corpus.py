@@ -12,10 +12,11 @@ the vocabulary fits, else uint32), described by `meta.json`. Does not read the s
 - Train/val is split by document, from a hash of its text (of its first piece for a long one): stable,
   reproducible, independent of the number of workers, and identical documents always land on the same side.
 - `--tokenizer char` builds the vocabulary in a first streaming pass (plus "\\n").
-- Shards are written into a hidden staging directory and moved into place only when every document is
-  done, then `meta.json` is written last: an interrupted or failed run leaves no complete-looking file
-  (a rerun cleans up and starts again). `meta.json` holds a fingerprint of the inputs (paths, sizes,
-  mtimes), the tokenizer and the options; rerunning with a matching fingerprint and intact shards is a no-op.
+- The whole directory is built in a hidden staging directory beside it and swapped in when every document
+  is done (`fileio.atomic_dir`; files that are not prepare's outputs are carried over): an interrupted or
+  failed run leaves the previous data complete and usable, and the next run removes its staging.
+  `meta.json` holds a fingerprint of the inputs (paths, sizes, mtimes), the tokenizer and the options;
+  rerunning with a matching fingerprint and intact shards is a no-op.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import signal
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import numpy as np
 
 from .corpus_sources import Source, check_sources, expand_inputs, parse_jsonl, read_documents
 from .errors import DataError
-from .fileio import atomic_write_text
+from .fileio import atomic_dir
 from .tokenizers import CharTokenizer, Tokenizer
 
 CORPUS_FORMAT = 2  # meta.json with a "shards" list (format 1: one train.bin and val.bin)
@@ -48,7 +47,12 @@ BATCH_DOCS = 4096
 IN_FLIGHT_PER_WORKER = 2
 EOT = "<|endoftext|>"
 CHAR_SEPARATOR = "\n\n"
-_OUTPUT_NAME = re.compile(r"(train|val)(_\d+)?\.bin")
+_OUTPUT_NAME = re.compile(r"meta\.json|(train|val)(_\d+)?\.bin|\.prepare-.*")  # .prepare-*: older staging
+
+
+def is_prepared_output(name: str) -> bool:
+    """Whether a file in a data directory is prepare's (replaced by a new prepare) rather than the user's."""
+    return _OUTPUT_NAME.fullmatch(name) is not None
 
 
 @dataclass
@@ -231,7 +235,7 @@ class _ShardWriter:
                 self._f = open(self.directory / self._name, "wb")  # noqa: SIM115 (kept open across writes)
                 self._n = 0
             take = min(ids.size, self.shard_tokens - self._n)
-            ids[:take].tofile(self._f)
+            self._f.write(memoryview(np.ascontiguousarray(ids[:take])))  # a full disk: an OSError with its errno
             self._n += take
             ids = ids[take:]
             if self._n == self.shard_tokens:
@@ -279,20 +283,6 @@ def _finished(out: Path, fingerprint: str) -> dict[str, Any] | None:
     return meta
 
 
-def _publish(staging: Path, out: Path, meta: dict[str, Any]) -> None:
-    text = json.dumps(meta, indent=2) + "\n"  # first, so that nothing is touched if it cannot be written
-    # Until the new meta.json lands the directory reads as unprepared, so a crash here is a rerun, not a mix.
-    (out / "meta.json").unlink(missing_ok=True)
-    for old in out.glob("*.bin"):
-        if _OUTPUT_NAME.fullmatch(old.name):
-            old.unlink()
-    for entries in meta["shards"].values():
-        for e in entries:
-            os.replace(staging / e["file"], out / e["file"])
-    atomic_write_text(out / "meta.json", text)  # also fsyncs the directory, making the renames durable
-    staging.rmdir()
-
-
 def prepare_corpus(
     inputs: Iterable[str | Path],
     out_dir: str | Path,
@@ -330,22 +320,12 @@ def prepare_corpus(
         return Prepared(done, skipped=True)
 
     workers = max(1, workers or _usable_cores())
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".prepare-*"):  # left by a run that was killed outright
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
-    try:
+    with atomic_dir(out, carry=lambda name: not is_prepared_output(name)) as staging:
         meta = _build(sources, staging, tok, workers, progress, block_size=block_size, val_fraction=val_fraction,
                       shard_tokens=shard_tokens, text_field=text_field, txt_docs=txt_docs, hf_config=hf_config,
                       hf_split=hf_split)
         meta["fingerprint"] = fingerprint
-        _publish(staging, out, meta)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return Prepared(meta, skipped=False)
 
 

@@ -6,7 +6,11 @@ by one; pinned and non-blocking on CUDA). A split is one `{split}.bin`, or, when
 (written by `corpus.prepare_corpus`), several files read as if laid end to end. Does not know models or
 training.
 
-A prepared directory is complete when `meta.json` exists: it is written last, every file atomically.
+A prepared directory is written whole or not at all: `prepare_text` builds it in a staging directory beside
+the target and swaps it in (`fileio.atomic_dir`), carrying over files that are not its outputs (such as a
+downloaded input.txt), so an interrupted re-prepare leaves the old data complete. Loading checks the files
+against `meta.json` (each file's size against its token count and dtype, the dtype against the vocabulary,
+the vocabulary against the tokenizer JSON where that is cheap) and calls a damaged directory one sentence.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 
 from .distributed import shard_bounds
 from .errors import DataError
-from .fileio import atomic_path, atomic_write_json, read_utf8, sha256_file
+from .fileio import atomic_dir, atomic_path, read_utf8, sha256_file
 from .tokenizers import Tokenizer, build_tokenizer
 
 META_FORMAT = 1
@@ -33,8 +37,8 @@ SHAKESPEARE_ENV = "SCRATCHGPT_TINYSHAKESPEARE"
 
 
 def _write_ids(path: Path, ids: np.ndarray, dtype: np.dtype) -> None:
-    with atomic_path(path) as tmp:
-        ids.astype(dtype).tofile(tmp)
+    with open(path, "wb") as f:  # f.write, not tofile: a full disk is then an OSError with its errno
+        f.write(memoryview(np.ascontiguousarray(ids, dtype=dtype)))
 
 
 def prepare_text(
@@ -49,7 +53,8 @@ def prepare_text(
 
     tokenizer: char | word | bpe | spm (learned from this text; vocab_size caps word, sets bpe and spm),
     gpt2, a directory holding tokenizer.json, or a tokenizer object.
-    Every check runs before anything is written, so a failure leaves out_dir as it was.
+    Every check runs before anything is written, and out_dir is replaced in one step, so a failure or a
+    kill leaves out_dir as it was.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val fraction must be between 0 and 1, got {val_fraction}")
@@ -64,11 +69,9 @@ def prepare_text(
                 f"input file '{input_path}' is too short: its {name} split has {len(part)} tokens, fewer than "
                 f"one block of {block_size} + 1 (use a longer file or pass a smaller --block-size)"
             )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .corpus import is_prepared_output
+
     dtype = np.dtype(np.uint16) if tok.vocab_size <= 65536 else np.dtype(np.uint32)
-    for name, part in splits.items():
-        _write_ids(out / f"{name}.bin", part, dtype)
     meta = {
         "format": META_FORMAT,
         "tokenizer": tok.to_json(),
@@ -79,7 +82,10 @@ def prepare_text(
         "source": str(Path(input_path).resolve()),
         "source_sha256": sha256_file(input_path),
     }
-    atomic_write_json(out / "meta.json", meta)  # written last: its presence marks the directory complete
+    with atomic_dir(out_dir, carry=lambda name: not is_prepared_output(name)) as stage:
+        for name, part in splits.items():
+            _write_ids(stage / f"{name}.bin", part, dtype)
+        (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
@@ -121,10 +127,57 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         meta["vocab_size"] = int(meta["vocab_size"])
-        np.dtype(meta["dtype"])
-    except (ValueError, KeyError, TypeError):
+        dtype = np.dtype(meta["dtype"])
+        files = _expected_files(meta)
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise DataError(f"'{meta_path}' is damaged; prepare the data again") from None
+    again = f"prepare '{d}' again"
+    vocab = meta["vocab_size"]
+    if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)) or not 1 <= vocab <= 2 ** (8 * dtype.itemsize):
+        raise DataError(f"'{meta_path}' is damaged: {dtype.name} ids cannot hold a vocabulary of {vocab}; {again}")
+    declared = _declared_vocab(meta.get("tokenizer"))
+    if declared is not None and declared != vocab:
+        raise DataError(f"'{meta_path}' is damaged: its tokenizer has {declared} tokens but it says the vocabulary "
+                        f"has {vocab}; {again}")
+    for name, tokens in files:
+        path = d / name
+        if Path(name).name != name or not path.is_file():
+            raise DataError(f"'{path}' is missing; {again}")
+        size = path.stat().st_size
+        if tokens is None and size % dtype.itemsize:
+            raise DataError(f"'{path}' holds {size} bytes, not a whole number of {dtype.name} ids; {again}")
+        if tokens is not None and size != tokens * dtype.itemsize:
+            raise DataError(f"'{path}' holds {size} bytes, not the {tokens} {dtype.name} ids meta.json "
+                            f"lists; {again}")
     return meta
+
+
+def _expected_files(meta: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """(file name, token count) of every token file meta.json describes (None: a hand-written meta.json
+    without counts, where only whole ids can be checked)."""
+    if "shards" in meta:
+        return [(str(e["file"]), int(e["tokens"])) for split in ("train", "val") for e in meta["shards"][split]]
+    counts = {split: meta.get(f"{split}_tokens") for split in ("train", "val")}
+    return [(f"{split}.bin", None if n is None else int(n)) for split, n in counts.items()]
+
+
+def _declared_vocab(tok: Any) -> int | None:
+    """The vocabulary a tokenizer JSON implies, where that needs no building (char, word, bpe, gpt2)."""
+    if not isinstance(tok, dict):
+        return None
+    kind = tok.get("kind")
+    try:
+        if kind == "char":
+            return len(set(tok["chars"]))
+        if kind == "word":
+            return len(tok["words"]) + 1  # + the unknown-word id
+        if kind == "bpe":
+            return len(tok["vocab"]) + len(tok["special_tokens"])
+        if kind == "gpt2":
+            return int(tok["n_vocab"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
 
 
 def _open_shards(data_dir: Path, split: str, meta: dict[str, Any], dtype: np.dtype) -> list[np.memmap]:

@@ -30,6 +30,17 @@ class CheckpointError(UserError):
     """A run directory that is not one, or a corrupt, truncated or unsafe checkpoint."""
 
 
+class DiskError(UserError, OSError):
+    """A write the filesystem refused (full, read-only, no permission): names the path and what was kept.
+    Also an OSError, so code that handles a failed write as one still does."""
+
+    reason = ""  # the system's words (e.g. "No space left on device"), for an outer writer to reuse
+
+
+class UsageError(UserError):
+    """A command line that does not parse: an unknown flag, a missing argument, a number out of range."""
+
+
 class Interrupted(UserError):
     """Training stopped by a signal (Ctrl-C, SIGTERM, SIGHUP) after saving a checkpoint; the exit status is
     128 + the signal's number, as a shell reports a process a signal ended (130 for Ctrl-C)."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError, closest
+from .limits import MAX_NEW_TOKENS_CAP, UINT64_MAX
 
-MAX_NEW_TOKENS_CAP = 100_000  # documented in the README; more is almost surely a typo
 MAX_STOP_LEN = 1_000
 _HOLD_INCOMPLETE = 4  # tokens held back at most while the decoded text ends in U+FFFD (a UTF-8 char is <= 4 bytes)
 
@@ -64,8 +64,9 @@ class SamplingSettings:
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_LEN:
                 raise UserError(f"each stop string must be text of 1 to {MAX_STOP_LEN} characters, got {s!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise UserError(f"seed must be a whole number, got {self.seed!r}")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed <= UINT64_MAX):
+            raise UserError(f"seed must be a whole number from -2**63 to 2**64 - 1 (what torch takes), got {seed!r}")
         if self.window not in WINDOWS:
             raise UserError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
 
@@ -86,7 +87,12 @@ def sample_next(logits: torch.Tensor, s: SamplingSettings, generator: torch.Gene
     """One token per row from logits (B, vocab) -> (B,) ids: argmax at temperature 0, else sampled."""
     if s.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / s.temperature  # (B, V)
+    # Subtract each row's max first: the best token sits at exactly 0 and keeps it (0 / T is 0 for any T, and
+    # the where guards a T that rounds to 0 in float32), the rest go to -inf as T -> 0, so a tiny temperature
+    # tends to greedy instead of inf / inf = NaN. Softmax is shift-invariant, so nothing else changes.
+    logits = logits.float()
+    logits = logits - logits.amax(dim=-1, keepdim=True)  # (B, V), <= 0
+    logits = torch.where(logits == 0, logits, logits / s.temperature)  # (B, V)
     if s.top_k is not None and s.top_k < logits.size(-1):
         kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -98,6 +104,7 @@ def sample_next(logits: torch.Tensor, s: SamplingSettings, generator: torch.Gene
         drop = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before >= s.top_p)
         probs = probs.masked_fill(drop, 0.0)
     q = torch.empty_like(probs).exponential_(1.0, generator=generator)  # (B, V)
+    q = q.clamp_min_(torch.finfo(q.dtype).tiny)  # a draw of exactly 0 would make 0 / 0 = NaN for p = 0
     return (probs / q).argmax(dim=-1)  # (B,): distributed as probs, no host sync
 
 

@@ -153,6 +153,5 @@ def train_bpe_files(inputs: Sequence[str | Path], vocab_size: int, out_dir: str 
         raise UserError("give at least one --input file to train on")
     texts = [read_utf8(p) for p in inputs]
     tok = train_bpe(texts, vocab_size, special_tokens, pattern, progress)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / TOKENIZER_FILE, tok.to_json())
+    atomic_write_json(out / TOKENIZER_FILE, tok.to_json())  # makes out; a refused write is one DiskError sentence
     return tok

@@ -18,7 +18,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
-from ..fileio import atomic_write_text
+from ..fileio import append_text, atomic_write_text
 from ..plots import plot_loss, read_metrics
 from .run import TrainingRun
 
@@ -34,8 +34,7 @@ class MetricsLog:
 
     def write(self, row: dict) -> None:
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            append_text(self.path, json.dumps(row) + "\n")  # a refused write: one DiskError sentence
 
 
 def start_run_dir(run: TrainingRun, resumed: bool) -> None:

@@ -25,6 +25,7 @@ from ..config import Config
 from ..console import echo
 from ..data import BatchLoader, load_meta
 from ..interop.hf import apply_init_from, load_state
+from ..memory import check_train as check_train_memory
 from ..models import build_model
 from ..optim import OptimizerSet, configure_optimizer
 from ..runtime import Runtime
@@ -68,6 +69,7 @@ def build_run(cfg: Config, rt: Runtime, dist: D.DistContext, run_dir: Path, pret
     if cfg.model.init_from and pretrained:  # start from GPT-2 weights
         cfg, weights = apply_init_from(cfg, tokenizer)
     cfg = ckpt.resolved_model_config(cfg, meta["vocab_size"])
+    check_train_memory(cfg, rt.device, dist.world_size)  # refuse what cannot fit before anything is allocated
 
     torch.manual_seed(t.seed)  # the same on every rank: identical initial weights
     model = build_model(cfg.model).to(rt.device)
