@@ -63,16 +63,8 @@ def wait_for(predicate, timeout: float = 10.0, what="condition") -> None:
 def held_after(sched, tokens: int):
     """Make the scheduler pause itself once it has generated `tokens` more tokens, so a test can act
     mid-stream whatever the machine's speed; resumes it on exit."""
-    start, step = sched.tokens_out, sched._step
-
-    def step_then_maybe_hold():
-        step()
-        if sched.tokens_out - start >= tokens:
-            sched.pause()
-
-    sched._step = step_then_maybe_hold
+    sched.pause_after(tokens)
     try:
         yield
     finally:
-        del sched._step
         sched.resume()

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scratchgpt.errors import UserError
-from scratchgpt.generate import Engine, KVCache, keep_after_slide
+from scratchgpt.generate import DecodeCore, Engine, Request, keep_after_slide
 from scratchgpt.models.bigram import BigramLanguageModel
 from scratchgpt.models.gpt import GPT, GPTConfig
 from scratchgpt.sampling import MAX_NEW_TOKENS_CAP, SamplingSettings, TextStream
@@ -148,26 +148,31 @@ def test_full_window_is_the_lectures_crop_to_the_last_block():
     assert Engine(model).generate_ids([prompt], temperature=0, max_new_tokens=30)[0] == seq[3:]
 
 
-def test_bigram_goes_through_the_uncached_path():
+def test_bigram_goes_through_the_same_core():
+    """The bigram has the GPT's forward signature and a cache of no layers: the core drives it like any model,
+    and past its block of 8 it agrees with the uncached reference."""
     torch.manual_seed(0)
-    model = BigramLanguageModel(65, block_size=8)
-    tok = CharTokenizer(list(CHARS))
-    engine = Engine(model, tok)
-    assert not engine.cached
+    model = BigramLanguageModel(65, block_size=8, init_std=1.0)
+    engine = Engine(model, CharTokenizer(list(CHARS)))
+    prompts = [[1, 2, 3], [4] * 8]
+    for window in ("full", "half"):
+        s = SamplingSettings(max_new_tokens=30, temperature=0.9, seed=3, window=window)
+        assert engine.generate_ids(prompts, s) == engine.generate_ids(prompts, s, use_cache=False)
     text = engine.generate("ROMEO:", max_new_tokens=50, seed=3)
     assert len(text) == 50 and text == engine.generate("ROMEO:", max_new_tokens=50, seed=3)
 
 
-def test_cache_is_preallocated_and_the_model_takes_it():
+def test_prefill_fills_the_cache_and_gives_the_models_last_logits():
     model = model_for("char")
-    cache = KVCache.for_model(model, batch=3)
+    core = DecodeCore(model, lanes=3)
     c = model.config
-    assert cache.k.shape == (c.n_layer, 3, c.n_head, c.block_size, c.n_embd // c.n_head)
-    idx = torch.tensor(prompts_for(model, [6, 6, 6]))
+    assert core.cache.k.shape == (c.n_layer, 3, c.n_head, c.block_size, c.n_embd // c.n_head)
+    prompts = prompts_for(model, [6, 6, 6])
     with torch.no_grad():
-        full, _ = model(idx)
-        part, _ = model(idx, cache=cache.prefill_view(torch.arange(3)), positions=torch.arange(6), last_only=True)
-    torch.testing.assert_close(part[:, -1], full[:, -1])
+        full, _ = model(torch.tensor(prompts))
+        core.add([Request(prompts, 1, SamplingSettings(max_new_tokens=1))])
+    torch.testing.assert_close(core.logits, full[:, -1])
+    assert core.cache.k[:, :, :, :6].abs().sum() > 0 and core.cache.k[:, :, :, 6:].abs().sum() == 0
 
 
 # ---- text: streaming, stop strings, bad input --------------------------------------------------------
@@ -269,6 +274,26 @@ def test_bpe_model_generates_through_the_engine(bpe_tokenizer):
     assert engine.encode("") == [bpe_tokenizer.eot_token]  # the empty prompt starts at <|endoftext|>
 
 
+def test_generation_stops_at_end_of_text_unless_asked_to_go_on(bpe_tokenizer):
+    """The end-of-text rule of `sample`, the Python API and the server: a row ends at <|endoftext|>."""
+    tok = bpe_tokenizer
+    torch.manual_seed(0)
+    model = BigramLanguageModel(tok.vocab_size).eval()
+    the, eot = tok.encode("the")[-1], tok.eot_token
+    with torch.no_grad():  # after "the" always <|endoftext|>, after that always "the"
+        model.token_embedding_table.weight[the, eot] = 50.0
+        model.token_embedding_table.weight[eot, the] = 50.0
+    engine = Engine(model, tok)
+    assert engine.generate("the", max_new_tokens=20, temperature=0) == ""
+    assert engine.generate_ids([tok.encode("the")], max_new_tokens=20, temperature=0) == [[]]
+    on = engine.generate_ids([tok.encode("the")], max_new_tokens=6, temperature=0, ignore_eos=True)
+    assert on == [[eot, the] * 3]
+    assert engine.generate("the", max_new_tokens=4, temperature=0, ignore_eos=True) == tok.decode([eot, the] * 2)
+    # rows end on their own: one batch, one row stops at once, the other runs its length
+    rows = engine.generate_ids([tok.encode("the"), tok.encode("caf")], max_new_tokens=5, temperature=0)
+    assert rows[0] == [] and len(rows[1]) == 5
+
+
 def test_empty_prompt_starts_from_newline_or_end_of_text():
     assert char_engine().encode("") == [0]  # "\n" is id 0 in tiny Shakespeare's vocabulary
     assert Engine(make_gpt(300), ByteTokenizer(300, eot=256)).encode("") == [256]
@@ -318,15 +343,26 @@ def test_settings_after_a_stream_leave_grad_mode_alone():
 
 
 def test_the_graph_shaped_step_on_cpu():
-    """What the CUDA graph runs (whole-capacity attention under a mask, tokens back every few steps), eagerly."""
+    """What the CUDA graph runs (a bucket of lanes, whole-window attention under a mask, tokens back every few
+    steps), eagerly: 3 rows decode in a bucket of 4 lanes."""
     model = model_for("bpe")
     prompts = prompts_for(model, [2, 7, 16])
     s = SamplingSettings(max_new_tokens=40, temperature=0.7, top_k=20, seed=2)
-    engine = Engine(model, sync_every=6)
-    engine._full_view = True
+    engine = Engine(model, sync_every=6, fixed_shapes=True)
     chunks = list(engine.token_steps(prompts, s))
     assert [c.size(1) for c in chunks] == [6] * 6 + [4]
+    assert engine.core(3).buckets == [1, 2, 3] and engine.core(3).fixed_shapes
     assert torch.cat(chunks, dim=1).tolist() == Engine(model).generate_ids(prompts, s, use_cache=False)
+    padded = DecodeCore(model, lanes=8, fixed_shapes=True)  # 3 rows in a bucket of 4 of 8 lanes
+    with torch.no_grad():
+        req = Request(prompts, 1, s)
+        padded.add([req])
+        out = []
+        for _ in range(40):
+            (sampled,) = padded.sample()
+            out.append(sampled.tokens)
+            padded.advance([sampled])
+    assert torch.stack(out, dim=1).tolist() == torch.cat(chunks, dim=1).tolist()
 
 
 @pytest.mark.gpu
@@ -339,5 +375,5 @@ def test_cuda_graph_decode_matches_eager(name):
     graphed = Engine(model, cuda_graphs=True)
     eager = Engine(model, cuda_graphs=False)
     assert graphed.generate_ids(prompts, s) == eager.generate_ids(prompts, s)
-    assert graphed._decoders[2].graph is not None
+    assert graphed.core(2).graphed
     assert graphed.generate_ids(prompts, s) == eager.generate_ids(prompts, s, use_cache=False)

@@ -152,14 +152,15 @@ def test_bpe_model_streams_whole_characters_and_stops_at_endoftext():
     eng = Engine(model.eval(), tok)
     sched = Scheduler(model, tok, max_batch=4).start()
     try:
-        c = Collector()
-        s = SamplingSettings(max_new_tokens=40, seed=2)
-        sched.submit([eng.encode("caf\u00e9 \u2603")], 1, s, c)
-        assert c.done.wait(20)
-        ids = eng.generate_ids([eng.encode("caf\u00e9 \u2603")], s)[0]
-        if tok.eot_token in ids:  # the server stops there; the engine generates through it
-            ids = ids[: ids.index(tok.eot_token)]
-        assert c.rows(1) == [tok.decode(ids)]  # pieces streamed whole add up to the text
+        for seed in range(2, 8):  # several seeds: some runs end at <|endoftext|>, some at max_tokens
+            c = Collector()
+            s = SamplingSettings(max_new_tokens=40, seed=seed)
+            sched.submit([eng.encode("caf\u00e9 \u2603")], 1, s, c)
+            assert c.done.wait(20)
+            assert c.rows(1) == [eng.generate("caf\u00e9 \u2603", s)]  # the same end-of-text rule as `sample`
+            ids = eng.generate_ids([eng.encode("caf\u00e9 \u2603")], s)[0]
+            assert tok.eot_token not in ids
+            assert c.reasons[0] == ("stop" if len(ids) < 40 else "length")
     finally:
         sched.stop()
     bigram = BigramLanguageModel(tok.vocab_size)
@@ -171,6 +172,51 @@ def test_bpe_model_streams_whole_characters_and_stops_at_endoftext():
         sched.submit([tok.encode("the")], 1, SamplingSettings(max_new_tokens=40, temperature=0), c)
         assert c.done.wait(20)
         assert c.rows(1) == [""] and c.reasons == {0: "stop"} and c.end[1]["completion_tokens"] == 1
+        c = Collector()  # asked to go on, it does
+        sched.submit([tok.encode("the")], 1, SamplingSettings(max_new_tokens=5, temperature=0, ignore_eos=True), c)
+        assert c.done.wait(20)
+        assert c.reasons == {0: "length"} and c.end[1]["completion_tokens"] == 5
+    finally:
+        sched.stop()
+
+
+class FlakyTokenizer:
+    """The char tokenizer, except that decoding text that starts with "\u00a7" (after the first token) fails:
+    a job whose prompt ends in two of them breaks while generating (its text stream decodes the last two
+    prompt tokens with each new one), and must break alone."""
+
+    def __init__(self, inner):
+        # "\u00a7" sorts last, so saying the vocabulary ends before it keeps the model from ever sampling one
+        self.inner, self.kind, self.vocab_size = inner, inner.kind, inner.vocab_size - 1
+
+    def encode(self, text):
+        return self.inner.encode(text)
+
+    def decode(self, ids):
+        text = self.inner.decode(ids)
+        if text.startswith("\u00a7") and len(ids) > 1:
+            raise RuntimeError("this tokenizer cannot decode that")
+        return text
+
+
+def test_one_jobs_failure_never_touches_another():
+    tok = FlakyTokenizer(CharTokenizer.from_text("abcdefghij klmnop\n\u00a7"))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=tok.vocab_size + 1)).eval()
+    sched = Scheduler(model, tok, max_batch=4)
+    sched.pause()
+    sched.start()
+    try:
+        good, bad, after = Collector(), Collector(), Collector()
+        s = SamplingSettings(max_new_tokens=30, seed=1)
+        sched.submit([tok.encode("abc")], 1, s, good)
+        sched.submit([tok.encode("ab\u00a7\u00a7")], 2, s, bad)
+        sched.resume()  # both in one batch
+        assert bad.done.wait(20) and good.done.wait(20)
+        assert bad.end[0] == "error" and "cannot decode" in bad.end[1]
+        assert good.end[0] == "end" and good.rows(1) == [Engine(model, tok).generate("abc", s)]
+        sched.submit([tok.encode("abc")], 1, s, after)  # and the server goes on serving
+        assert after.done.wait(20) and after.rows(1) == good.rows(1)
     finally:
         sched.stop()
 
@@ -234,6 +280,106 @@ def test_n_prompts_echo_and_stop(server, client, engine):
     assert r.choices[0].text == greedy
 
 
+def test_logprobs_are_the_models_log_softmax(server, client):
+    """echo + logprobs + max_tokens 0 scores a text: each prompt token's log-probability is a direct forward's
+    log-softmax (the first has none); sampled tokens' log-probabilities too, streamed or not."""
+    base, _, served = server
+    model, tok = served.model, served.tokenizer
+    text = "line 12: the"
+    ids = tok.encode(text)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids]))[0][0].float(), dim=-1)  # (T, V)
+    r = client.completions.create(model=served.name, prompt=text, max_tokens=0, echo=True, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == text and r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(ids)
+    assert lp.tokens == list(text) and lp.text_offset == list(range(len(text)))
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    want = [logp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+    assert lp.token_logprobs[1:] == pytest.approx(want, abs=1e-5)
+    for i in range(1, len(ids)):
+        top = torch.topk(logp[i - 1], 3)
+        expect = {tok.decode([j]): v for j, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)}
+        expect.setdefault(text[i], want[i - 1])
+        assert lp.top_logprobs[i] == pytest.approx(expect, abs=1e-5)
+    # sampled tokens: greedy, so each chosen token is the most likely one, with the forward's log-probability
+    g = client.completions.create(model=served.name, prompt=text, max_tokens=6, temperature=0, logprobs=0)
+    out = g.choices[0].logprobs
+    seq = list(ids)
+    for i, piece in enumerate(out.tokens):
+        with torch.no_grad():
+            step = torch.log_softmax(model(torch.tensor([seq[-16:]]))[0][0, -1].float(), dim=-1)
+        assert tok.decode([int(step.argmax())]) == piece and out.token_logprobs[i] == pytest.approx(step.max().item(), abs=1e-5)
+        assert out.top_logprobs[i] == pytest.approx({piece: out.token_logprobs[i]}, abs=1e-6)
+        seq.append(int(step.argmax()))
+    assert "".join(out.tokens) == g.choices[0].text and out.text_offset == list(range(6))
+    # streamed: the same lists, in pieces
+    lists = {"tokens": [], "token_logprobs": [], "text_offset": []}
+    for chunk in client.completions.create(model=served.name, prompt=text, max_tokens=6, temperature=0, logprobs=0,
+                                           echo=True, stream=True):
+        for c in chunk.choices:
+            if c.logprobs:
+                for k in lists:
+                    lists[k] += getattr(c.logprobs, k)
+    assert lists["tokens"] == list(text) + out.tokens
+    assert lists["token_logprobs"][1:] == pytest.approx(want + out.token_logprobs, abs=1e-6)
+    assert lists["text_offset"] == list(range(len(text) + 6))
+
+
+def test_an_openai_client_scores_continuations_as_a_harness_does(server, client):
+    """The loglikelihood loop of an evaluation harness through the official client: for each candidate,
+    echo + logprobs + max_tokens 0, then the log-probabilities of the tokens past the context."""
+    served = server[2]
+    model, tok = served.model, served.tokenizer
+    context, candidates = "a quick", [" fox", " dog", " hen"]  # all within the context of 16
+    scores = []
+    for cont in candidates:
+        r = client.completions.create(model=served.name, prompt=context + cont, max_tokens=0, echo=True, logprobs=1)
+        lp = r.choices[0].logprobs
+        cut = next(i for i, off in enumerate(lp.text_offset) if off >= len(context))
+        scores.append(sum(lp.token_logprobs[cut:]))
+        ids = tok.encode(context + cont)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids]))[0][0].float(), dim=-1)
+        want = sum(logp[i - 1, ids[i]].item() for i in range(len(tok.encode(context)), len(ids)))
+        assert scores[-1] == pytest.approx(want, abs=1e-4)
+    assert len(set(scores)) == 3
+
+
+def test_tokenize_detokenize_and_the_context_length(server, client):
+    base, _, served = server
+    r = httpx.post(f"{base}/tokenize", json={"prompt": "line 7"}).json()
+    assert r == {"count": 6, "max_model_len": 16, "tokens": served.tokenizer.encode("line 7")}
+    assert httpx.post(f"{base}/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": "line 7"}
+    bad = httpx.post(f"{base}/detokenize", json={"tokens": [10_000]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    assert httpx.post(f"{base}/tokenize", json={"prompt": "\u4e2d"}).status_code == 400
+    assert httpx.get(f"{base}/v1/models").json()["data"][0]["max_model_len"] == 16
+
+
+def test_a_prompt_longer_than_the_context_is_refused_or_truncated_on_request(server, client, engine):
+    base, _, served = server
+    long = "line 4: the quick brown fox"  # 27 characters, a context of 16
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": long, "max_tokens": 3})
+    assert r.status_code == 400 and "context length is 16" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    t = client.completions.create(model=served.name, prompt=long, max_tokens=5, temperature=0, echo=True,
+                                  extra_body={"truncate_prompt_tokens": 16})
+    assert t.usage.prompt_tokens == 16  # what the model saw
+    assert t.choices[0].text == long[-16:] + engine.generate(long[-16:], max_new_tokens=5, temperature=0)
+
+
+def test_hostile_requests_are_refused_before_queueing(server):
+    base, sched, _ = server
+    before = sched.stats()["requests_done"]
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "seed": 2**64})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
+    big = httpx.post(f"{base}/v1/completions", content=b'{"prompt": "' + b"a" * (5 * 2**20) + b'"}',
+                     headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "limit" in big.json()["error"]["message"]
+    assert sched.stats()["requests_done"] == before  # nothing reached the scheduler
+    assert httpx.get(f"{base}/health").json()["status"] == "ok"
+
+
 @pytest.mark.parametrize("body, param", [
     ({"prompt": "x", "max_tokens": 301}, "max_tokens"),
     ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
@@ -251,11 +397,15 @@ def test_n_prompts_echo_and_stop(server, client, engine):
     ({"prompt": "\u4e2d"}, "prompt"),
     ({"prompt": [10_000]}, "prompt"),
     ({"prompt": "x" * 101}, "prompt"),
-    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"prompt": "x", "stop": [str(i) for i in range(17)]}, "stop"),  # the server's max_stop: 16
+    ({"prompt": "x" * 17}, "prompt"),  # longer than the context of 16
+    ({"prompt": "x", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+    ({"prompt": "x", "truncate_prompt_tokens": 17}, "truncate_prompt_tokens"),
     ({"prompt": "x", "stop": [""]}, "stop"),
     ({"prompt": "x", "seed": 1.5}, "seed"),
     ({"prompt": "x", "stream": "yes"}, "stream"),
-    ({"prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"prompt": "x", "logprobs": 6}, "logprobs"),
+    ({"prompt": "x", "logprobs": -1}, "logprobs"),
     ({"prompt": "x", "best_of": 3}, "best_of"),
     ({"prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty"),
     ({"prompt": "x", "max_new_tokens": 5}, "max_new_tokens"),
@@ -291,10 +441,10 @@ def test_a_client_that_disconnects_mid_stream_frees_its_lanes(server):
             assert r.status_code == 200
             lines = r.iter_lines()  # kept: a dropped line iterator closes the response, i.e. disconnects
             assert next(lines).startswith("data: ")
-            wait_for(lambda: sched._paused and sched.stats()["active_rows"] == 2,
-                     what=lambda: f"the request to hold two lanes (paused {sched._paused}, {sched.stats()})")
+            wait_for(lambda: sched.paused and sched.stats()["active_rows"] == 2,
+                     what=lambda: f"the request to hold two lanes (paused {sched.paused}, {sched.stats()})")
         # the response is closed: the server cancels the job while the scheduler still holds
-        wait_for(lambda: sched._active and all(j.cancelled for j in sched._active), what="the cancel")
+        wait_for(lambda: sched.jobs() and all(j.cancelled for j in sched.jobs()), what="the cancel")
     wait_for(lambda: sched.stats()["active_rows"] == 0, what="the lanes to be freed")
     assert sched.stats()["tokens_generated"] - before < 2 * 300  # it stopped early
     assert httpx.get(f"{base}/health").json()["status"] == "ok"

@@ -79,7 +79,7 @@ def test_playground_streams_and_stops(small_text_dir, tmp_path_factory, browser_
             page.click("#generate")
             page.wait_for_function("document.getElementById('status').textContent === 'stopped'")
             assert page.inner_text("#generate") == "Generate"
-            wait_for(lambda: sched._active and all(j.cancelled for j in sched._active), what="the job's cancel")
+            wait_for(lambda: sched.jobs() and all(j.cancelled for j in sched.jobs()), what="the job's cancel")
         finally:
             sched.resume()
         wait_for(lambda: sched.stats()["active_rows"] == 0, what="the lane to be freed")

@@ -151,6 +151,8 @@ def _flag_cases() -> list[tuple[list[str], str, str]]:
         ("serve", "--max-n"): ["0"],
         ("serve", "--max-prompt-tokens"): ["0", "-1"],
         ("serve", "--max-waiting"): ["0"],
+        ("serve", "--max-stop"): ["0", "1025"],
+        ("serve", "--max-body-bytes"): ["10", "-1"],
         ("tokenizer train", "--vocab-size"): ["0", "-1", str(2**32 + 1)],
         ("tokenizer compare", "--vocab-size"): ["256", "0"],
     }

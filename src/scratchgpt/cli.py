@@ -104,7 +104,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         prompt = read_utf8(args.prompt_file)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, stop=tuple(args.stop or ()), seed=args.seed,
-                                window=args.window)
+                                window=args.window, ignore_eos=args.ignore_eos)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
               cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
     if args.interactive:
@@ -182,7 +182,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.run_dir, host=args.host, port=args.port, which=args.which, device=args.device, threads=args.threads,
           max_batch=args.max_batch, max_tokens=args.max_tokens_cap, max_n=args.max_n,
-          max_prompt_tokens=args.max_prompt_tokens, max_waiting=args.max_waiting)
+          max_prompt_tokens=args.max_prompt_tokens, max_waiting=args.max_waiting, max_stop=args.max_stop,
+          max_body_bytes=args.max_body_bytes)
     return 0
 
 
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--top-k", type=int, default=None)
     ps.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this mass")
     ps.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
+    ps.add_argument("--ignore-eos", action="store_true",
+                    help="go on past <|endoftext|> (byte-level tokenizers) instead of ending the text there")
     ps.add_argument("--window", choices=["full", "half"], default="full",
                     help="past the block size: keep the last block every token (full, the lecture's) or slide "
                          "by half-blocks (half: several times faster for long generations)")
@@ -297,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the longest prompt accepted, in tokens")
     pv.add_argument("--max-waiting", type=_number(ints(1, 2**20)), default=256,
                     help="queued requests beyond which new ones get a 503")
+    pv.add_argument("--max-stop", type=_number(ints(1, 1024)), default=16,
+                    help="stop strings a request may give (OpenAI allows 4; harnesses add <|endoftext|> to a task's)")
+    pv.add_argument("--max-body-bytes", type=_number(ints(1024, 2**31)), default=4 * 2**20,
+                    help="a request body larger than this is answered 413 before it is read whole")
     pv.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
     pv.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
     pv.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")

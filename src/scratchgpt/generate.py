@@ -1,21 +1,34 @@
-"""The generation engine: prefill once, then decode token by token against a preallocated KV cache.
+"""The generation engine: one token-level decode core, and the text-level `Engine` the CLI, REPL and API use.
 
-Owns `KVCache` (keys and values of every layer, preallocated), `Engine` (batches of prompts of different
-lengths, several samples per prompt sharing one prefill, CUDA-graph decode, streaming text) and the
-uncached reference path the tests and benchmarks compare it to. Sampling policy and text assembly live in
-`sampling.py`; the model (`models/gpt.py`) takes the cache as an argument and stays pure. Does not own
-tokenization rules beyond calling the tokenizer.
+Owns:
+- `KVCache`: keys and values of every layer for a fixed number of lanes, preallocated.
+- `DecodeCore`: the one decode loop. Rows of one or many requests generate together, one cache lane each.
+  It owns the lanes (a request's rows take the first free ones; releasing a request moves the rows in the
+  highest lanes into the holes, so the active lanes are always 0..A-1), each row's slot, prefill (prompts of
+  equal length in one forward, across requests; a prompt's samples share its prefill), the decode step (one
+  forward for every active row; on CUDA a graph captured per bucket of batch sizes), sliding the window past
+  the block, sampling (each request with its own settings and random generator) and log-probabilities. It is
+  token-only: no text, no tokenizer. `Engine` drives it for one batch; the server's continuous batching
+  (`serve/scheduler.py`) drives the same core with requests that come and go.
+- `Engine`: text in, text out (tokenizing, cropping an over-long prompt and saying so once, whole characters,
+  stop strings, the end-of-text rule), plus the token-level `token_steps` and `generate_ids`.
+- `reference_steps`: the uncached reference that tests and benchmarks compare the core against.
+Does not own sampling maths or text assembly (`sampling.py`), the model (`models/`) or HTTP (`serve/`).
 
-Rows. Every row (one sample of one prompt) owns one lane of the cache; its context starts at slot 0 and
-its token at slot j has position j, exactly as if it were generated alone. Prompts of different lengths
-are prefilled in groups of equal length; the decode step writes each row's new key at its own slot and
-masks keys past it, so a batch gives each row what generating it alone gives.
+Rows. Every row (one sample of one prompt) owns one lane of the cache; its context starts at slot 0 and its
+token at slot j has position j, exactly as if it were generated alone. The decode step writes each row's new
+key at its own slot and masks keys past it, so a batch gives each row what generating it alone gives.
 
-Sliding policy (one policy, used by the cached engine and by the uncached reference alike). The context
-is a window of the token sequence of at most W = block_size tokens; positions count from the window's
-start. A prompt longer than W keeps its last W tokens (said once). When the next token would make the
-window W + 1 long, the window moves forward and the engine re-prefills it into the row's lane, which also
-gives the next logits. How far it moves is the `window` setting:
+Models. The core asks a model only for `block_size`, `vocab_size`, `cache_shape()` (layers, heads, head
+size) and the one forward signature `model(idx, cache=, attn_mask=, positions=, last_only=)`; the GPT and the
+bigram both provide them (a bigram's cache has no layers), so nothing here checks which model it is.
+
+Sliding policy (one policy, used by the core and by the uncached reference alike). The context is a window
+of the token sequence of at most W = block_size tokens; positions count from the window's start. A prompt
+longer than W keeps its last W tokens (the `Engine` says so once; the server refuses it unless asked to
+truncate). When the next token would make the window W + 1 long, the window moves forward and the core
+re-prefills it into the row's lane, which also gives the next logits. How far it moves is the `window`
+setting:
 - "full" (default): the window becomes the last W tokens, every token: exactly what the lecture's
   crop-to-the-last-block computes. With learned absolute positions every position shifts at each step, so
   past the block each token costs one full-window prefill (the cache speeds up everything before that).
@@ -24,27 +37,35 @@ gives the next logits. How far it moves is the `window` setting:
   that shrinks to half a block at each jump.
 The reference runs the model on exactly the same window at every step, so the two agree token for token.
 
-CUDA. The decode step (fixed batch, whole-capacity attention with a mask, positions and slots read from
-device tensors that the step itself advances) is captured once per batch size as a CUDA graph and replayed
-once per token. Sampling runs eagerly on the device without host syncs; token ids come back to the host
-every `sync_every` tokens (16 on CUDA, 1 elsewhere), where stop strings are checked.
+CUDA. The decode step (a bucket of lanes, whole-window attention under a mask, positions and slots read
+from device tensors that the step itself advances) is captured once per bucket as a CUDA graph when the core
+is built, and replayed once per token. Sampling runs eagerly on the device without host syncs; `Engine`
+brings token ids back every `sync_every` tokens (16 on CUDA, 1 elsewhere), where stop strings are checked.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from .console import echo
 from .errors import UserError
-from .models.gpt import GPT
-from .sampling import MAX_NEW_TOKENS_CAP, SamplingSettings, TextStream, sample_next, settings_from
+from .sampling import (
+    MAX_NEW_TOKENS_CAP,
+    SamplingSettings,
+    TextStream,
+    sample_next,
+    settings_from,
+    stop_token_ids,
+    token_logprobs,
+)
 
-__all__ = ["Engine", "KVCache", "MAX_NEW_TOKENS_CAP", "SamplingSettings", "generate", "keep_after_slide",
-           "stream"]
+__all__ = ["DecodeCore", "Engine", "KVCache", "MAX_NEW_TOKENS_CAP", "Request", "Sampled", "SamplingSettings",
+           "encode_prompt", "generate", "keep_after_slide", "reference_steps", "stream"]
 
 
 def keep_after_slide(block_size: int, window: str = "half") -> int:
@@ -52,132 +73,395 @@ def keep_after_slide(block_size: int, window: str = "half") -> int:
     return block_size if window == "full" else block_size - block_size // 2
 
 
-class KVCache:
-    """Keys and values for every layer, preallocated: each (n_layer, B, n_head, capacity, head_dim)."""
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt ids; an empty prompt starts from <|endoftext|> if the tokenizer has one, else a newline."""
+    if text == "":
+        eot = getattr(tokenizer, "eot_token", None)  # only the byte-level kinds have one
+        if isinstance(eot, int):
+            return [eot]
+        try:
+            ids = tokenizer.encode("\n")
+        except UserError:
+            ids = []
+        return ids or [0]
+    return tokenizer.encode(text)
 
-    def __init__(self, n_layer: int, batch: int, n_head: int, capacity: int, head_dim: int,
+
+def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A random generator for one request, seeded by its settings (a fresh random seed when none is given)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(6), "little"))
+    return gen
+
+
+# ---- the cache ----------------------------------------------------------------------------------------------
+
+class KVCache:
+    """Keys and values for every layer, preallocated: each (n_layer, lanes, n_head, capacity, head_dim)."""
+
+    def __init__(self, n_layer: int, lanes: int, n_head: int, capacity: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
-        self.k = torch.zeros(n_layer, batch, n_head, capacity, head_dim, dtype=dtype, device=device)
+        self.k = torch.zeros(n_layer, lanes, n_head, capacity, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        self.batch, self.capacity = batch, capacity
+        self.lanes, self.capacity = lanes, capacity
 
     @classmethod
-    def for_model(cls, model: GPT, batch: int) -> KVCache:
-        c = model.config
+    def for_model(cls, model: nn.Module, lanes: int) -> KVCache:
+        n_layer, n_head, head_dim = model.cache_shape()
         p = next(model.parameters())
-        return cls(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, p.dtype, p.device)
-
-    def prefill_view(self, rows: torch.Tensor) -> _PrefillView:
-        return _PrefillView(self, rows)
-
-    def decode_view(self, slots: torch.Tensor, view_len: int) -> _DecodeView:
-        return _DecodeView(self, slots, view_len)
+        return cls(n_layer, lanes, n_head, model.block_size, head_dim, p.dtype, p.device)
 
 
 class _PrefillView:
-    """The model's cache argument during a prefill: the T new keys of `rows` go to slots 0..T-1."""
+    """The model's cache argument during a prefill: the T new keys of `lanes` go to slots 0..T-1."""
 
     pos = 0
 
-    def __init__(self, cache: KVCache, rows: torch.Tensor):
-        self.cache, self.rows = cache, rows  # rows (G,)
+    def __init__(self, cache: KVCache, lanes: torch.Tensor):
+        self.cache, self.lanes = cache, lanes  # lanes (G,)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = k.size(2)  # k, v (G, nh, T, hs)
-        self.cache.k[layer][self.rows, :, :T] = k
-        self.cache.v[layer][self.rows, :, :T] = v
+        self.cache.k[layer][self.lanes, :, :T] = k
+        self.cache.v[layer][self.lanes, :, :T] = v
         return k, v  # the window starts here: nothing older to attend to
 
 
 class _DecodeView:
-    """The model's cache argument during a decode step: one new key per row, at that row's own slot."""
+    """The model's cache argument during a decode step over lanes 0..b-1: one new key per lane at its slot."""
 
-    def __init__(self, cache: KVCache, slots: torch.Tensor, view_len: int):
-        self.cache, self.slots, self.view_len = cache, slots, view_len  # slots (B,)
-        self.rows = torch.arange(cache.batch, device=slots.device)
+    def __init__(self, cache: KVCache, lanes: torch.Tensor, slots: torch.Tensor, view_len: int):
+        self.cache, self.lanes, self.slots, self.view_len = cache, lanes, slots, view_len  # lanes, slots (b,)
 
     @property
     def pos(self) -> int:
         return self.view_len - 1
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kl, vl = self.cache.k[layer], self.cache.v[layer]  # (B, nh, cap, hs)
-        kl[self.rows, :, self.slots] = k[:, :, 0]  # k (B, nh, 1, hs): row b's key to slot slots[b]
-        vl[self.rows, :, self.slots] = v[:, :, 0]
-        return kl[:, :, : self.view_len], vl[:, :, : self.view_len]  # (B, nh, S, hs); the mask hides the rest
+        b = self.lanes.size(0)
+        kl, vl = self.cache.k[layer], self.cache.v[layer]  # (lanes, nh, cap, hs)
+        kl[self.lanes, :, self.slots] = k[:, :, 0]  # k (b, nh, 1, hs): lane i's key to slot slots[i]
+        vl[self.lanes, :, self.slots] = v[:, :, 0]
+        return kl[:b, :, : self.view_len], vl[:b, :, : self.view_len]  # (b, nh, S, hs); the mask hides the rest
 
 
-class _Decoder:
-    """The decode step for one batch size: cache, static inputs, and on CUDA the captured graph."""
+# ---- requests -----------------------------------------------------------------------------------------------
 
-    def __init__(self, model: GPT, batch: int, graphs: bool):
-        self.model = model
-        self.cache = KVCache.for_model(model, batch)
-        dev = self.cache.k.device
-        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=dev)  # (B, 1) the token to feed
-        self.slot = torch.zeros(batch, dtype=torch.long, device=dev)  # (B,) where that token goes
-        self.key_pos = torch.arange(self.cache.capacity, device=dev)  # (cap,)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.out: torch.Tensor | None = None
-        if graphs:
-            try:
-                self._capture()
-            except RuntimeError as e:  # an op that cannot be captured on this build: decode eagerly instead
-                self.graph = None
-                echo(f"note: CUDA graph capture failed ({str(e).splitlines()[0]}); decoding without a graph")
+@dataclass(eq=False)
+class Request:
+    """Rows that generate together with one settings and one random generator: `n` samples of each prompt,
+    prompt-major (all samples of prompt 0, then of prompt 1, ...). Prompts are token ids, each 1 to block_size
+    long. `logprobs` (k >= 0) asks for the model's log-probability of each sampled token and its k most likely
+    alternatives; `prompt_logprobs` for the prompt tokens' too (computed at prefill)."""
 
-    def _forward(self, view_len: int) -> torch.Tensor:
-        slot = self.slot.clamp(max=self.cache.capacity - 1)  # a row about to slide computes junk, then re-prefills
-        mask = (self.key_pos[:view_len][None, :] <= slot[:, None])[:, None, None, :]  # (B, 1, 1, S)
-        view = self.cache.decode_view(slot, view_len)
-        logits, _ = self.model(self.tokens, cache=view, attn_mask=mask, positions=slot[:, None], last_only=True)
-        self.slot += 1  # in place, so a replayed graph advances by itself
-        return logits[:, -1, :]  # (B, V)
+    prompts: list[list[int]]
+    n: int
+    settings: SamplingSettings
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
+    generator: torch.Generator | None = None  # set by the core from settings.seed when None
+    # set by the core: per prompt, (chosen (T-1,), top values (T-1, k), top ids (T-1, k)) for tokens 1..T-1
+    prompt_scores: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    rows: list[_Row] = field(default_factory=list)
+    lane_index: torch.Tensor | None = None  # (rows,) the rows' lanes, in row order
 
-    def _capture(self) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm up (cuBLAS handles, allocator) off the capture stream
-            for _ in range(2):
-                self._forward(self.cache.capacity)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._forward(self.cache.capacity)
+    @property
+    def width(self) -> int:
+        return len(self.prompts) * self.n
 
-    def step(self, tokens: torch.Tensor, view_len: int) -> torch.Tensor:
-        """Feed tokens (B,) at the current slots; return the next logits (B, V) (a fresh tensor)."""
-        self.tokens.copy_(tokens[:, None])
-        if self.graph is not None:
-            self.graph.replay()
-            return self.out.clone()
-        return self._forward(view_len)
+    @property
+    def needs_prefill(self) -> bool:
+        return self.settings.max_new_tokens > 0 or self.prompt_logprobs
 
 
-class Engine:
-    """Generates from a model and tokenizer. Reuse one engine: caches and CUDA graphs are kept per batch size.
+@dataclass(eq=False)
+class _Row:
+    request: Request
+    lane: int
+    ctx: int  # tokens now in the lane (host mirror of the slot, known without a sync)
+    keep: int  # tokens the window keeps when it slides (the request's `window` setting)
 
-    `cuda_graphs` captures the decode step on CUDA (ignored elsewhere). Models without a KV cache path
-    (the bigram) use the uncached path, which costs them nothing since they look at one token.
+
+@dataclass
+class Sampled:
+    """One step's tokens for a request's rows (on the device), with log-probabilities when asked for."""
+
+    request: Request
+    tokens: torch.Tensor  # (rows,)
+    logprobs: torch.Tensor | None = None  # (rows,)
+    top_values: torch.Tensor | None = None  # (rows, k)
+    top_ids: torch.Tensor | None = None  # (rows, k)
+
+
+# ---- the decode core ----------------------------------------------------------------------------------------
+
+class DecodeCore:
+    """Rows generating together in the lanes of one KV cache. Use: `add` requests (their prompts are
+    prefilled), then repeatedly `sample` (one token per row) and `advance` (feed the tokens back, which makes
+    the next logits ready); `release` a request to free its lanes. Call it under `torch.no_grad()`.
+
+    `vocab_limit` (the tokenizer's vocabulary, when the model pads its own) keeps ids that cannot be decoded
+    from ever being sampled. `fixed_shapes` decodes a bucket of lanes (the next power of two of the rows in
+    use, or all lanes) over the whole window under a mask, the shapes a CUDA graph or a compiled step needs,
+    instead of exactly the lanes and positions in use (on by default where CUDA graphs are); `cuda_graphs`
+    captures that step on CUDA (ignored elsewhere).
     """
 
-    def __init__(self, model: nn.Module, tokenizer=None, *, cuda_graphs: bool = True, sync_every: int | None = None):
+    def __init__(self, model: nn.Module, lanes: int, *, vocab_limit: int | None = None, cuda_graphs: bool = True,
+                 fixed_shapes: bool | None = None):
+        if lanes < 1:
+            raise ValueError(f"a decode core needs at least one lane, got {lanes}")
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.block_size, self.vocab_size = model.block_size, model.vocab_size
+        W, V, dev = self.block_size, self.vocab_size, self.device
+        self.lanes = lanes
+        self.cache = KVCache.for_model(model, lanes)
+        self.tokens = torch.zeros(lanes, 1, dtype=torch.long, device=dev)  # (L, 1) each lane's token to feed
+        self.slot = torch.zeros(lanes, dtype=torch.long, device=dev)  # (L,) where that token goes
+        self.history = torch.zeros(lanes, W, dtype=torch.long, device=dev)  # (L, W) each lane's window of tokens
+        self.logits = torch.zeros(lanes, V, device=dev)  # (L, V) each lane's next-token logits, float32
+        self._lane_ids = torch.arange(lanes, device=dev)  # (L,)
+        self._key_pos = torch.arange(W, device=dev)  # (W,)
+        self._unusable = None
+        if vocab_limit is not None and 0 < vocab_limit < V:
+            self._unusable = torch.arange(V, device=dev) >= vocab_limit  # (V,)
+        self.requests: list[Request] = []
+        self._rows: list[_Row] = []  # row i holds lane i: the active lanes are 0..A-1
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        graphs = cuda_graphs and dev.type == "cuda" and model.cache_shape()[0] > 0
+        self.fixed_shapes = graphs if fixed_shapes is None else fixed_shapes
+        self.buckets = sorted({min(2**i, lanes) for i in range(lanes.bit_length() + 1)})
+        if graphs and self.fixed_shapes:
+            self._capture_graphs()
+
+    @property
+    def graphed(self) -> bool:
+        """Whether decode steps replay captured CUDA graphs."""
+        return bool(self._graphs)
+
+    @property
+    def active(self) -> int:
+        """Rows now holding lanes."""
+        return len(self._rows)
+
+    # ---- requests in and out --------------------------------------------------------------------------
+
+    def add(self, requests: list[Request]) -> None:
+        """Give each request's rows free lanes and prefill its prompts; their next logits are ready after.
+
+        Prompts of equal length are prefilled in one forward, whichever request they belong to; a prompt's
+        samples share its prefill (copied to their lanes). Bad token ids raise `UserError` before anything runs.
+        """
+        W, V = self.block_size, self.vocab_size
+        if self.active + sum(r.width for r in requests) > self.lanes:
+            raise ValueError(f"{sum(r.width for r in requests)} more rows do not fit: "
+                             f"{self.active} of {self.lanes} lanes are taken")
+        for req in requests:
+            for p in req.prompts:
+                if not 1 <= len(p) <= W:
+                    raise UserError(f"a prompt must be 1 to {W} tokens long here, got {len(p)}")
+                if min(p) < 0 or max(p) >= V:
+                    raise UserError(f"prompt token ids must be in [0, {V}), got {min(p)}..{max(p)}")
+        for req in requests:
+            req.generator = req.generator or new_generator(req.settings.seed, self.device)
+            keep = keep_after_slide(W, req.settings.window)
+            req.rows = [_Row(req, self.active + i, len(req.prompts[i // req.n]), keep) for i in range(req.width)]
+            req.prompt_scores = [None] * len(req.prompts)
+            self._rows.extend(req.rows)
+            self.requests.append(req)
+            self._index(req)
+        todo = [(req, p) for req in requests if req.needs_prefill for p in range(len(req.prompts))]
+        for length in sorted({len(req.prompts[p]) for req, p in todo}):
+            group = [(req, p) for req, p in todo if len(req.prompts[p]) == length]
+            lanes = [req.rows[p * req.n].lane for req, p in group]
+            windows = torch.tensor([req.prompts[p] for req, p in group], dtype=torch.long, device=self.device)
+            every = any(req.prompt_logprobs for req, _ in group)  # logits of every position, not just the last
+            logits = self._prefill(lanes, windows, last_only=not every)  # (G, T|1, V)
+            self.logits[lanes] = logits[:, -1].float()
+            if every:
+                for g, (req, p) in enumerate(group):
+                    if req.prompt_logprobs:
+                        scored = self._usable(logits[g, :-1].float())  # (T-1, V) predicts tokens 1..T-1
+                        req.prompt_scores[p] = token_logprobs(scored, windows[g, 1:], req.logprobs or 0)
+            siblings = [(req.rows[p * req.n].lane, r.lane) for req, p in group
+                        for r in req.rows[p * req.n + 1:(p + 1) * req.n]]
+            if siblings:
+                self._copy_lanes(*map(list, zip(*siblings, strict=True)), upto=length)
+        for req in requests:
+            self.slot[req.lane_index] = torch.tensor([r.ctx for r in req.rows], device=self.device)
+
+    def release(self, req: Request) -> None:
+        """Free a request's lanes; rows in the highest lanes move into the holes (one lane copy each)."""
+        self.requests.remove(req)
+        keep = [r for r in self._rows if r.request is not req]
+        moves = [(r.lane, new) for new, r in enumerate(keep) if r.lane != new]
+        if moves:
+            self._copy_lanes([s for s, _ in moves], [d for _, d in moves],
+                             upto=max(r.ctx for r in keep if r.lane != keep.index(r)))
+        touched = {r.request for r in keep if r.lane != keep.index(r)}
+        for new, r in enumerate(keep):
+            r.lane = new
+        self._rows = keep
+        for other in touched:
+            self._index(other)
+
+    def _index(self, req: Request) -> None:
+        req.lane_index = torch.tensor([r.lane for r in req.rows], dtype=torch.long, device=self.device)
+
+    def _copy_lanes(self, src: list[int], dst: list[int], upto: int) -> None:
+        """Lanes src[i] -> dst[i]: keys and values of slots [0, upto), the window, slot, token and logits."""
+        s, d = torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device)
+        self.cache.k[:, d, :, :upto] = self.cache.k[:, s, :, :upto]  # gathered first: overlapping moves are fine
+        self.cache.v[:, d, :, :upto] = self.cache.v[:, s, :, :upto]
+        for t in (self.history, self.slot, self.tokens, self.logits):
+            t[d] = t[s]
+
+    # ---- one step ---------------------------------------------------------------------------------------
+
+    def _usable(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (..., V) with the ids past the tokenizer's vocabulary set to -inf."""
+        return logits if self._unusable is None else logits.masked_fill(self._unusable, float("-inf"))
+
+    def sample(self, requests: list[Request] | None = None) -> list[Sampled]:
+        """One token for every row of `requests` (default: all), each request drawing from its own generator
+        with its own settings; log-probabilities where asked for. Nothing here waits for the device."""
+        out = []
+        for req in self.requests if requests is None else requests:
+            logits = self._usable(self.logits[req.lane_index])  # (rows, V)
+            tokens = sample_next(logits, req.settings, req.generator)  # (rows,)
+            sampled = Sampled(req, tokens)
+            if req.logprobs is not None:
+                sampled.logprobs, sampled.top_values, sampled.top_ids = token_logprobs(logits, tokens, req.logprobs)
+            out.append(sampled)
+        return out
+
+    def advance(self, sampled: list[Sampled]) -> None:
+        """Feed every active row the token it sampled; afterwards the next logits of every row are ready.
+
+        One decode forward for all active lanes. A row whose window is full re-prefills its newest `keep`
+        tokens instead (rows of equal `keep` in one prefill); its lane computes junk in the decode meanwhile.
+        """
+        for s in sampled:
+            self.tokens[s.request.lane_index, 0] = s.tokens
+        A, W = self.active, self.block_size
+        if A == 0:
+            return
+        sliding = [r for r in self._rows if r.ctx == W]  # the new token would make the window W + 1 long
+        windows = {}
+        for keep in sorted({r.keep for r in sliding}):  # read before the decode step writes the windows
+            lanes = [r.lane for r in sliding if r.keep == keep]
+            windows[keep] = (lanes, torch.cat((self.history[lanes, W - keep + 1:], self.tokens[lanes]), dim=1))
+        if len(sliding) < A:
+            self._decode(A, min(max(r.ctx for r in self._rows) + 1, W))
+        for keep, (lanes, window) in windows.items():  # window (G, keep)
+            self.logits[lanes] = self._prefill(lanes, window)[:, -1].float()
+            self.slot[lanes] = keep
+        for r in self._rows:
+            r.ctx = r.keep if r.ctx == W else r.ctx + 1
+
+    def _prefill(self, lanes: list[int], windows: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+        """Run windows (G, T) into `lanes` from slot 0; return the logits (G, T or 1, V)."""
+        T = windows.size(1)
+        view = _PrefillView(self.cache, torch.tensor(lanes, device=self.device))
+        logits, _ = self.model(windows, cache=view, positions=self._key_pos[:T], last_only=last_only)
+        self.history[lanes, :T] = windows
+        return logits
+
+    def _decode(self, A: int, view_len: int) -> None:
+        """The decode forward for lanes 0..A-1: with fixed shapes over the smallest bucket that holds them
+        (its captured graph where there is one; the lanes past A compute junk nobody reads), else eagerly
+        over just the lanes and positions in use."""
+        if not self.fixed_shapes:
+            self.logits[:A] = self._step(A, view_len)
+            return
+        b = next(b for b in self.buckets if b >= A)
+        if b in self._graphs:
+            graph, out = self._graphs[b]
+            graph.replay()
+        else:
+            out = self._step(b, self.block_size)
+        self.logits[:A] = out[:A]
+
+    def _step(self, b: int, view_len: int) -> torch.Tensor:
+        """Lanes 0..b-1 feed their token at their slot and advance it; returns their next logits (b, V)."""
+        lanes, W = self._lane_ids[:b], self.block_size
+        slot = self.slot[:b].clamp(max=W - 1)  # a row about to slide computes junk, then re-prefills
+        self.history[lanes, slot] = self.tokens[:b, 0]
+        mask = (self._key_pos[:view_len][None, :] <= slot[:, None])[:, None, None, :]  # (b, 1, 1, S)
+        view = _DecodeView(self.cache, lanes, slot, view_len)
+        logits, _ = self.model(self.tokens[:b], cache=view, attn_mask=mask, positions=slot[:, None], last_only=True)
+        self.slot[:b] += 1  # in place, so a replayed graph advances by itself
+        return logits[:, -1, :].float()
+
+    def _capture_graphs(self) -> None:
+        """One CUDA graph per bucket (powers of two up to the lane count, and the lane count), captured now
+        while the lanes are empty; the graphs share one memory pool (they never run at once)."""
+        pool = torch.cuda.graph_pool_handle()
+        try:
+            for b in self.buckets:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm up (cuBLAS handles, allocator) off the capture stream
+                    for _ in range(2):
+                        self._step(b, self.block_size)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    out = self._step(b, self.block_size)
+                self._graphs[b] = (graph, out)
+        except RuntimeError as e:  # an op that cannot be captured on this build: decode eagerly instead
+            self._graphs.clear()
+            echo(f"note: CUDA graph capture failed ({str(e).splitlines()[0]}); decoding without a graph")
+        self.slot.zero_()
+        self.history.zero_()
+
+
+# ---- the uncached reference ---------------------------------------------------------------------------------
+
+def reference_steps(model: nn.Module, prompts: list[list[int]], ns: int, s: SamplingSettings,
+                    gen: torch.Generator, vocab_limit: int | None = None) -> Iterator[torch.Tensor]:
+    """Every step runs the model on each row's whole window (the same sliding policy); yields (B, 1) tokens."""
+    W, keep, dev = model.block_size, keep_after_slide(model.block_size, s.window), next(model.parameters()).device
+    V = model.vocab_size
+    unusable = torch.arange(V, device=dev) >= vocab_limit if vocab_limit is not None and 0 < vocab_limit < V else None
+    seqs = [list(prompts[r // ns]) for r in range(len(prompts) * ns)]
+    starts = [0] * len(seqs)  # where each row's window begins in its sequence
+    for _ in range(s.max_new_tokens):
+        rows = []
+        for r, seq in enumerate(seqs):
+            if len(seq) - starts[r] > W:
+                starts[r] = len(seq) - keep
+            window = torch.tensor([seq[starts[r]:]], dtype=torch.long, device=dev)  # (1, T)
+            logits, _ = model(window, last_only=True)
+            rows.append(logits[0, -1, :].float())
+        logits = torch.stack(rows)  # (B, V)
+        if unusable is not None:
+            logits = logits.masked_fill(unusable, float("-inf"))
+        nxt = sample_next(logits, s, gen)  # (B,)
+        for seq, tok in zip(seqs, nxt.tolist(), strict=True):
+            seq.append(tok)
+        yield nxt[:, None].cpu()
+
+
+# ---- the engine: one batch, text or tokens ------------------------------------------------------------------
+
+class Engine:
+    """Generates from a model and tokenizer through the decode core. Reuse one engine: cores (caches and
+    CUDA graphs) are kept per batch size."""
+
+    def __init__(self, model: nn.Module, tokenizer=None, *, cuda_graphs: bool = True, sync_every: int | None = None,
+                 fixed_shapes: bool | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
-        self.block_size = model.config.block_size if hasattr(model, "config") else model.block_size
-        self.cached = isinstance(model, GPT)
-        emb = model.lm_head if self.cached else model.token_embedding_table
-        self.vocab_size = emb.out_features if self.cached else emb.num_embeddings
+        self.block_size, self.vocab_size = model.block_size, model.vocab_size
         # a model may pad its vocabulary past the tokenizer's (model.vocab_size above the data's): ids the
         # tokenizer cannot decode are never sampled
-        n_tok = getattr(tokenizer, "vocab_size", None)
-        self._unusable = None
-        if isinstance(n_tok, int) and 0 < n_tok < self.vocab_size:
-            self._unusable = torch.arange(self.vocab_size, device=self.device) >= n_tok  # (V,)
-        self.graphs = cuda_graphs and self.device.type == "cuda" and self.cached
+        n_tok = getattr(tokenizer, "vocab_size", None)  # token-level use needs no tokenizer
+        self.vocab_limit = n_tok if isinstance(n_tok, int) and 0 < n_tok < self.vocab_size else None
+        self.cuda_graphs, self.fixed_shapes = cuda_graphs, fixed_shapes
         self.sync_every = sync_every or (16 if self.device.type == "cuda" else 1)
-        self._full_view = self.graphs  # attend over the whole capacity under a mask, as the graph does
-        self._decoders: dict[int, _Decoder] = {}
+        self._cores: dict[int, DecodeCore] = {}
         self._said_truncated = False
 
     # ---- token level ------------------------------------------------------------------------------
@@ -186,16 +470,10 @@ class Engine:
         """Prompt ids; an empty prompt starts from <|endoftext|> if the tokenizer has one, else a newline."""
         if self.tokenizer is None:
             raise UserError("this engine has no tokenizer; pass token ids instead of text")
-        if prompt == "":
-            eot = getattr(self.tokenizer, "eot_token", None)
-            if isinstance(eot, int):
-                return [eot]
-            try:
-                ids = self.tokenizer.encode("\n")
-            except UserError:
-                ids = []
-            return ids or [0]
-        return self.tokenizer.encode(prompt)
+        return encode_prompt(self.tokenizer, prompt)
+
+    def stop_ids(self, settings: SamplingSettings) -> frozenset[int]:
+        return stop_token_ids(self.tokenizer, settings) if self.tokenizer is not None else frozenset()
 
     def _window(self, ids: list[int]) -> list[int]:
         if len(ids) > self.block_size:
@@ -209,8 +487,9 @@ class Engine:
     def token_steps(self, prompts: list[list[int]], settings: SamplingSettings, num_samples: int = 1,
                     use_cache: bool = True) -> Iterator[torch.Tensor]:
         """Yield the new tokens as CPU tensors (B, k), k >= 1 steps at a time; rows are prompt-major
-        (all samples of prompt 0, then prompt 1, ...). Runs `max_new_tokens` steps unless closed early.
-        Bad input raises here, before the first step."""
+        (all samples of prompt 0, then prompt 1, ...). Runs `max_new_tokens` steps, or until every row has
+        ended at a stop id (the end-of-text rule), unless closed early. Bad input raises here, before the
+        first step."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("every prompt needs at least one token")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= 4096:
@@ -220,15 +499,43 @@ class Engine:
             if min(p) < 0 or max(p) >= V:
                 raise UserError(f"prompt token ids must be in [0, {V}), got {min(p)}..{max(p)}")
         prompts = [self._window(list(p)) for p in prompts]
-        seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(6), "little")
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed)
-        run = self._run_cached if use_cache and self.cached else self._run_uncached
-        return self._guarded(run(prompts, num_samples, settings, gen))
+        gen = new_generator(settings.seed, self.device)
+        if use_cache:
+            steps = self._run(prompts, num_samples, settings, gen)
+        else:
+            steps = reference_steps(self.model, prompts, num_samples, settings, gen, self.vocab_limit)
+        return self._until_stopped(self._guarded(steps), self.stop_ids(settings), len(prompts) * num_samples)
 
-    def _usable(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits (B, V) with the ids past the tokenizer's vocabulary set to -inf."""
-        return logits if self._unusable is None else logits.masked_fill(self._unusable, float("-inf"))
+    def _run(self, prompts: list[list[int]], ns: int, s: SamplingSettings,
+             gen: torch.Generator) -> Iterator[torch.Tensor]:
+        B, n = len(prompts) * ns, s.max_new_tokens
+        if n == 0:
+            return
+        core = self.core(B)
+        req = Request(prompts, ns, s, generator=gen)
+        core.add([req])
+        try:
+            out = torch.empty(B, n, dtype=torch.long, device=self.device)  # (B, n) the new tokens
+            last = 0
+            for t in range(n):
+                (sampled,) = core.sample()
+                out[:, t] = sampled.tokens
+                if t + 1 - last >= self.sync_every or t == n - 1:
+                    yield out[:, last : t + 1].cpu()
+                    last = t + 1
+                if t < n - 1:
+                    core.advance([sampled])
+        finally:
+            core.release(req)
+
+    def core(self, lanes: int) -> DecodeCore:
+        """The decode core for batches of `lanes` rows (kept, with its cache and graphs, for the next call)."""
+        if lanes not in self._cores:
+            if len(self._cores) >= 4:  # bound memory: drop the oldest batch size's cache and graphs
+                self._cores.pop(next(iter(self._cores)))
+            self._cores[lanes] = DecodeCore(self.model, lanes, vocab_limit=self.vocab_limit,
+                                            cuda_graphs=self.cuda_graphs, fixed_shapes=self.fixed_shapes)
+        return self._cores[lanes]
 
     def _guarded(self, steps: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Run each step in eval mode without autograd; grad mode is not left off between steps."""
@@ -245,96 +552,46 @@ class Engine:
             steps.close()
             self.model.train(was_training)
 
+    @staticmethod
+    def _until_stopped(steps: Iterator[torch.Tensor], stop_ids: frozenset[int], rows: int) -> Iterator[torch.Tensor]:
+        """Pass chunks through until every row has sampled a stop id (then the rest would be thrown away)."""
+        ended = torch.zeros(rows, dtype=torch.bool)
+        stops = torch.tensor(sorted(stop_ids), dtype=torch.long)
+        try:
+            for chunk in steps:
+                yield chunk
+                if stop_ids:
+                    ended |= torch.isin(chunk, stops).any(dim=1)
+                    if bool(ended.all()):
+                        return
+        finally:
+            steps.close()
+
     def generate_ids(self, prompts: list[list[int]], settings: SamplingSettings | None = None,
                      num_samples: int = 1, use_cache: bool = True, **kwargs) -> list[list[int]]:
-        """All new token ids per row (no stop strings: those act on text)."""
+        """All new token ids per row, each ending before its first stop id (the end-of-text rule; stop
+        strings act on text, so not here)."""
         s = settings_from(settings, **kwargs)
         chunks = list(self.token_steps(prompts, s, num_samples, use_cache))
         if not chunks:
             return [[] for _ in range(len(prompts) * num_samples)]
-        return torch.cat(chunks, dim=1).tolist()
-
-    def _prefill(self, dec: _Decoder, rows: list[int], windows: torch.Tensor) -> torch.Tensor:
-        """Run windows (G, T) into the cache lanes `rows` from slot 0; return the next logits (G, V)."""
-        T = windows.size(1)
-        view = dec.cache.prefill_view(torch.tensor(rows, device=self.device))
-        logits, _ = self.model(windows, cache=view, positions=torch.arange(T, device=self.device), last_only=True)
-        return logits[:, -1, :].float()
-
-    def _decoder(self, batch: int) -> _Decoder:
-        if batch not in self._decoders:
-            if len(self._decoders) >= 4:  # bound memory: drop the oldest batch size's cache and graph
-                self._decoders.pop(next(iter(self._decoders)))
-            self._decoders[batch] = _Decoder(self.model, batch, self.graphs)
-        return self._decoders[batch]
-
-    def _run_cached(self, prompts: list[list[int]], ns: int, s: SamplingSettings,
-                    gen: torch.Generator) -> Iterator[torch.Tensor]:
-        W, keep, dev = self.block_size, keep_after_slide(self.block_size, s.window), self.device
-        B, n = len(prompts) * ns, s.max_new_tokens
-        if n == 0:
-            return
-        dec = self._decoder(B)
-        prompt_t = [torch.tensor(p, dtype=torch.long, device=dev) for p in prompts]
-        logits = torch.empty(len(prompts), self.vocab_size, device=dev)  # (P, V)
-        for length in sorted({len(p) for p in prompts}):  # one prefill per distinct prompt, by length
-            group = [i for i, p in enumerate(prompts) if len(p) == length]
-            logits[group] = self._prefill(dec, [i * ns for i in group], torch.stack([prompt_t[i] for i in group]))
-        if ns > 1:  # the samples of a prompt share its prefill: copy lane i * ns to its siblings
-            src = torch.arange(B, device=dev) // ns * ns
-            dec.cache.k.copy_(dec.cache.k[:, src])
-            dec.cache.v.copy_(dec.cache.v[:, src])
-            logits = logits.repeat_interleave(ns, dim=0)  # (B, V)
-        ctx = [len(prompts[r // ns]) for r in range(B)]  # tokens in each lane (host mirror of dec.slot)
-        dec.slot.copy_(torch.tensor(ctx))
-        out = torch.empty(B, n, dtype=torch.long, device=dev)  # (B, n) the new tokens
-        last = 0
-        for t in range(n):
-            nxt = sample_next(self._usable(logits), s, gen)  # (B,)
-            out[:, t] = nxt
-            if t + 1 - last >= self.sync_every or t == n - 1:
-                yield out[:, last : t + 1].cpu()
-                last = t + 1
-            if t == n - 1:
-                break
-            slide = [r for r in range(B) if ctx[r] == W]  # the new token would make the window W + 1 long
-            if len(slide) < B:
-                logits = dec.step(nxt, W if self._full_view else min(max(ctx) + 1, W)).float()
-            if slide:
-                windows = torch.stack([torch.cat((prompt_t[r // ns], out[r, : t + 1]))[-keep:] for r in slide])
-                logits[slide] = self._prefill(dec, slide, windows)
-                dec.slot[slide] = keep
-            ctx = [keep if c == W else c + 1 for c in ctx]
-
-    def _run_uncached(self, prompts: list[list[int]], ns: int, s: SamplingSettings,
-                      gen: torch.Generator) -> Iterator[torch.Tensor]:
-        """The reference: every step runs the model on each row's whole window (same sliding policy)."""
-        W, keep = self.block_size, keep_after_slide(self.block_size, s.window)
-        seqs = [list(prompts[r // ns]) for r in range(len(prompts) * ns)]
-        starts = [0] * len(seqs)  # where each row's window begins in its sequence
-        for _ in range(s.max_new_tokens):
-            rows = []
-            for r, seq in enumerate(seqs):
-                if len(seq) - starts[r] > W:
-                    starts[r] = len(seq) - keep
-                window = torch.tensor([seq[starts[r]:]], dtype=torch.long, device=self.device)  # (1, T)
-                logits, _ = self.model(window, last_only=True)
-                rows.append(logits[0, -1, :].float())
-            nxt = sample_next(self._usable(torch.stack(rows)), s, gen)  # (B,)
-            for seq, tok in zip(seqs, nxt.tolist(), strict=True):
-                seq.append(tok)
-            yield nxt[:, None].cpu()
+        stop = self.stop_ids(s)
+        rows = torch.cat(chunks, dim=1).tolist()
+        return [next((row[:i] for i, tok in enumerate(row) if tok in stop), row) for row in rows]
 
     # ---- text level -------------------------------------------------------------------------------
 
     def stream_rows(self, prompts: list[str], settings: SamplingSettings | None = None, num_samples: int = 1,
                     use_cache: bool = True, **kwargs) -> Iterator[tuple[int, str]]:
-        """Yield (row, text piece) as text becomes final; rows are prompt-major. Stops at a stop string.
-        Bad input (settings, unknown characters) raises here, before anything is yielded."""
+        """Yield (row, text piece) as text becomes final; rows are prompt-major. A row ends at a stop string
+        or at the end-of-text token. Bad input (settings, unknown characters) raises here, before anything
+        is yielded."""
         s = settings_from(settings, **kwargs)
         ids = [self.encode(p) for p in prompts]
         steps = self.token_steps(ids, s, num_samples, use_cache)
-        streams = [TextStream(self.tokenizer, s.stop, ids[r // num_samples]) for r in range(len(ids) * num_samples)]
+        stop = self.stop_ids(s)
+        streams = [TextStream(self.tokenizer, s.stop, ids[r // num_samples], stop)
+                   for r in range(len(ids) * num_samples)]
         return self._texts(steps, streams)
 
     @staticmethod

@@ -1,9 +1,11 @@
 """Sampling policy and text assembly for the generation engine.
 
-Owns `SamplingSettings` (temperature, top-k, top-p, stop strings, max new tokens, seed; validated into one
-clear `UserError` sentence each), `sample_next` (logits -> token ids, greedy at temperature 0) and
-`TextStream` (token ids -> text pieces that are safe to show: complete characters only, stop strings cut
-off and never emitted). Does not own the model, the cache or the loop that drives them (`generate.py`).
+Owns `SamplingSettings` (temperature, top-k, top-p, stop strings, max new tokens, seed, window, ignore_eos;
+validated into one clear `UserError` sentence each), `stop_token_ids` (the end-of-text rule),
+`sample_next` (logits -> token ids, greedy at temperature 0), `token_logprobs` (the model's log-probabilities
+of chosen tokens and the most likely ones) and `TextStream` (token ids -> text pieces that are safe to show:
+complete characters only, stop strings cut off and never emitted, a stop id ends the text). Does not own
+the model, the cache or the loop that drives them (`generate.py`).
 
 Random numbers are drawn the same way whatever produced the logits: one exponential variate per vocabulary
 entry per row per step, and the token is argmax(p / q) (the exponential-race form of sampling from p, the
@@ -39,6 +41,7 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a fresh random seed each call
     window: str = "full"  # past the block: full (keep the last block, as the lecture) | half (slide by half-blocks)
+    ignore_eos: bool = False  # go on past <|endoftext|> instead of stopping there
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
@@ -69,6 +72,8 @@ class SamplingSettings:
             raise UserError(f"seed must be a whole number from -2**63 to 2**64 - 1 (what torch takes), got {seed!r}")
         if self.window not in WINDOWS:
             raise UserError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise UserError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
 
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)
@@ -81,6 +86,22 @@ def settings_from(settings: SamplingSettings | None = None, **kwargs) -> Samplin
     if bad:
         raise UserError(f"unknown sampling setting '{bad[0]}'{closest(bad[0], names)}")
     return (settings or SamplingSettings()).replace(**kwargs) if kwargs else (settings or SamplingSettings())
+
+
+def stop_token_ids(tokenizer, settings: SamplingSettings) -> frozenset[int]:
+    """The end-of-text rule, the same for `sample`, the Python API and the server: a row ends at the
+    tokenizer's <|endoftext|> (when it has one), unless the settings say `ignore_eos`."""
+    eot = getattr(tokenizer, "eot_token", None)  # only the byte-level kinds have one
+    return frozenset() if settings.ignore_eos or not isinstance(eot, int) else frozenset({eot})
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's log-probabilities (log-softmax of raw logits, before temperature or filters) of `tokens`
+    and the `top` most likely entries: logits (..., V), tokens (...) -> chosen (...), top values and ids (..., top)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (..., V)
+    chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (...)
+    values, ids = logp.topk(top, dim=-1) if top > 0 else (logp[..., :0], tokens.unsqueeze(-1)[..., :0])
+    return chosen, values, ids
 
 
 def sample_next(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
@@ -118,9 +139,12 @@ class TextStream:
     their neighbours (leading spaces) still decode right.
     """
 
-    def __init__(self, tokenizer, stop: tuple[str, ...] = (), context: list[int] | None = None):
+    def __init__(self, tokenizer, stop: tuple[str, ...] = (), context: list[int] | None = None,
+                 stop_ids: frozenset[int] = frozenset()):
         self.tok = tokenizer
         self.stop = tuple(stop)
+        self.stop_ids = stop_ids  # token ids that end the text (<|endoftext|>: see stop_token_ids)
+        self.stopped = False  # a stop string or a stop id ended it (finish reason "stop", not "length")
         self.prev: list[int] = list(context or [])[-2:]  # already-decoded ids, for context only
         self.pending: list[int] = []  # ids whose text is not decoded for good yet
         self.buffer = ""  # decoded text held back for stop-string matching
@@ -140,6 +164,10 @@ class TextStream:
         """Add one token; return the text that may be shown now ('' if none, or once done)."""
         if self.done:
             return ""
+        if int(token) in self.stop_ids:  # the end of the text: what is held back is final now
+            out = self.finish()
+            self.stopped = True
+            return out
         self.pending.append(int(token))
         self.buffer += self._decode_pending(final=False)
         return self._release(final=False)
@@ -158,7 +186,7 @@ class TextStream:
         buf = self.buffer
         hits = [i for i in (buf.find(s) for s in self.stop) if i >= 0]
         if hits:
-            self.done, self.buffer = True, ""
+            self.done, self.stopped, self.buffer = True, True, ""
             return buf[: min(hits)]
         hold = 0 if final else self._stop_prefix_len(buf)
         self.buffer = buf[len(buf) - hold:] if hold else ""

@@ -245,6 +245,18 @@ class GPT(nn.Module):
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
 
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def cache_shape(self) -> tuple[int, int, int]:
+        """(layers, heads, head size): what a KV cache holds per position for this model."""
+        return self.config.n_layer, self.config.n_head, self.config.n_embd // self.config.n_head
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without position embeddings (the tied token table counts once)."""
         n = sum(p.numel() for p in self.parameters())

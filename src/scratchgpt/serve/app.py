@@ -1,13 +1,17 @@
 """The web app: an OpenAI-compatible completions API and a playground page, over one scheduler.
 
 Owns `create_app` (FastAPI app factory), `load_served` (a run directory -> model, tokenizer and the facts the
-page shows), the routes (/v1/completions, /v1/models, /health, /info, /metrics, the page at /) and turning
-errors into OpenAI-style JSON. Does not own batching (`scheduler.py`), the wire format (`schemas.py`) or
-sampling (`sampling.py`); the page itself is static files under `static/`.
+page shows), the routes (/v1/completions, /v1/models, /tokenize, /detokenize, /health, /info, /metrics, the
+page at /), checking a request completely before it is queued, the body-size cap, and turning events and
+errors into OpenAI-style JSON. Does not own batching or generation (`scheduler.py` over the engine's decode
+core), the wire format (`schemas.py`) or sampling (`sampling.py`); the page itself is static files under
+`static/`.
 
-Streaming answers are server-sent events, one `text_completion` chunk per text piece, a chunk with each
-choice's finish_reason, a usage chunk when `stream_options.include_usage` asks for it, then `data: [DONE]`.
-A client that goes away cancels its job, which frees its cache lanes at the scheduler's next step.
+Streaming answers are server-sent events, one `text_completion` chunk per text piece (with its tokens'
+log-probabilities when asked for), a chunk with each choice's finish_reason, a usage chunk when
+`stream_options.include_usage` asks for it, then `data: [DONE]`. A client that goes away cancels its job,
+which frees its cache lanes at the scheduler's next step. Tokenizing runs off the event loop, so /health
+answers while long prompts are being read.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..checkpoint import MODEL_BEST, STATE_JSON, load_model, read_step, weights_path
 from ..errors import UserError
+from ..generate import encode_prompt
+from ..models import GPT
 from ..plots import read_metrics
 from ..runtime import resolve_device
 from ..sampling import SamplingSettings
@@ -35,7 +42,9 @@ from .scheduler import Job, Scheduler
 from .schemas import (
     APIError,
     CompletionRequest,
+    DetokenizeRequest,
     ServeLimits,
+    TokenizeRequest,
     choice,
     completion,
     completion_id,
@@ -60,7 +69,8 @@ class ServedModel:
 
 
 def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu") -> ServedModel:
-    """Load a run directory's model (best weights unless `which` is last) with its facts."""
+    """Load a run directory's model (best weights unless `which` is last) with its facts. The optional
+    files (metrics.jsonl, trainer_state.json) only add facts: damaged, they are left out."""
     run = Path(run_dir)
     model, tok, cfg = load_model(run, which=which, device=resolve_device(device))
     path = weights_path(run, which)
@@ -71,7 +81,7 @@ def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu") -
         try:
             state = json.loads((run / STATE_JSON).read_text(encoding="utf-8"))
             val = state.get("best_val") if path.name == MODEL_BEST else (state.get("last_eval") or {}).get("val")
-        except ValueError:
+        except (ValueError, OSError, AttributeError):
             val = None
     facts = {"checkpoint": path.name, "step": step, "val_loss": val if isinstance(val, (int, float)) else None,
              "config_name": cfg.name}
@@ -80,19 +90,65 @@ def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu") -
 
 def model_facts(served: ServedModel) -> dict:
     m, tok = served.model, served.tokenizer
-    cfg = getattr(m, "config", None)
     facts = {
         "parameters": sum(p.numel() for p in m.parameters()),
         "tokenizer": getattr(tok, "kind", type(tok).__name__),
         "vocab_size": tok.vocab_size,
-        "context": cfg.block_size if cfg is not None else getattr(m, "block_size", None),
+        "context": m.block_size,
         "architecture": type(m).__name__,
     }
-    if cfg is not None:
-        facts.update(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+    if isinstance(m, GPT):
+        facts.update(n_layer=m.config.n_layer, n_head=m.config.n_head, n_embd=m.config.n_embd)
     facts.update({k: v for k, v in served.facts.items() if k not in facts})
     facts.setdefault("val_loss", None)
     return facts
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is answered 413 before it is read whole (by its
+    Content-Length when it gives one, else as the bytes arrive)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send)
+        seen, started = 0, False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        body = json.dumps(error_body(f"the request body is larger than this server's limit of {self.max_bytes:,} "
+                                     "bytes", None)).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = None, *, which: str = "best",
@@ -104,6 +160,7 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
     served = source if isinstance(source, ServedModel) else load_served(source, which, device)
     scheduler = Scheduler(served.model, served.tokenizer, limits.max_batch, limits.max_waiting).start()
     facts = model_facts(served)
+    context = served.model.block_size
     created = now()
 
     @asynccontextmanager
@@ -113,6 +170,7 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
 
     app = FastAPI(title="scratchgpt", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.scheduler, app.state.served, app.state.limits = scheduler, served, limits
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
@@ -128,7 +186,13 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
         return JSONResponse(error_body(str(e.detail), None, kind), status_code=e.status_code)
 
     def model_card() -> dict:
-        return {"id": served.name, "object": "model", "created": created, "owned_by": "scratchgpt"}
+        return {"id": served.name, "object": "model", "created": created, "owned_by": "scratchgpt",
+                "max_model_len": context}
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != served.name:
+            raise APIError(404, f"the model '{name}' does not exist; this server serves '{served.name}'", "model",
+                           code="model_not_found")
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -141,9 +205,7 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
 
     @app.get("/v1/models/{model_id}")
     async def one_model(model_id: str) -> dict:
-        if model_id != served.name:
-            raise APIError(404, f"the model '{model_id}' does not exist; this server serves '{served.name}'",
-                           "model", code="model_not_found")
+        check_model(model_id)
         return model_card()
 
     @app.get("/info")
@@ -160,9 +222,22 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict:
+        check_model(body.model)
+        ids = await run_in_threadpool(_encode, served.tokenizer, body.prompt)
+        return {"count": len(ids), "max_model_len": context, "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict:
+        check_model(body.model)
+        _check_ids(body.tokens, served.tokenizer.vocab_size, "tokens")
+        return {"prompt": await run_in_threadpool(served.tokenizer.decode, body.tokens)}
+
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        prompts, texts, settings, n = _prepare(body, served, limits)
+        check_model(body.model)
+        ask = await run_in_threadpool(_prepare, body, served, limits)  # tokenizing is CPU work: off the loop
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -172,18 +247,19 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
             except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
                 pass
 
-        job = scheduler.submit(prompts, n, settings, emit)
+        job = scheduler.submit(ask.prompts, ask.n, ask.settings, emit, logprobs=ask.logprobs,
+                               echo_logprobs=ask.echo and ask.logprobs is not None)
         if job is None:
             raise APIError(503, "the server is busy (too many requests waiting); retry shortly", None, "server_error",
                            code="overloaded")
         cid, created_at = completion_id(), now()
-        echoes = [t for t in texts for _ in range(n)] if body.echo else None
+        choices = _Choices(ask, served.tokenizer)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream(job, queue, cid, created_at, served.name, echoes, include_usage)
+            events = _stream(job, queue, choices, cid, created_at, served.name, include_usage)
             return EventStream(events, job, media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _collect(job, queue, request, cid, created_at, served.name, echoes)
+        return await _collect(job, queue, choices, request, cid, created_at, served.name)
 
     return app
 
@@ -228,12 +304,35 @@ def validation_error_body(errors: list[dict]) -> dict:
     return error_body(f"'{param}' {msg[:1].lower() + msg[1:]}", param)
 
 
-def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits
-             ) -> tuple[list[list[int]], list[str], SamplingSettings, int]:
-    """Check a request against the model and the limits: token ids, prompt texts, settings, n."""
-    if body.model is not None and body.model != served.name:
-        raise APIError(404, f"the model '{body.model}' does not exist; this server serves '{served.name}'", "model",
-                       code="model_not_found")
+# ---- a request, checked ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Ask:
+    """A completion request checked against the model and the limits: what the scheduler is given, and what
+    the answer echoes."""
+
+    prompts: list[list[int]]  # token ids as the model sees them (after truncate_prompt_tokens)
+    texts: list[str]  # each prompt's text, for echo
+    settings: SamplingSettings
+    n: int
+    echo: bool
+    logprobs: int | None
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    try:
+        return encode_prompt(tokenizer, text)
+    except UserError as e:
+        raise APIError(400, f"'prompt' cannot be tokenized: {e}", "prompt") from None
+
+
+def _check_ids(ids: list[int], vocab: int, param: str) -> None:
+    if ids and (min(ids) < 0 or max(ids) >= vocab):
+        raise APIError(400, f"'{param}' token ids must be in [0, {vocab}), got {min(ids)}..{max(ids)}", param)
+
+
+def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits) -> _Ask:
+    """Check a request completely against the model and the limits (runs in a worker thread)."""
     n = 1 if body.n is None else body.n
     if n > limits.max_n:
         raise APIError(400, f"'n' must be at most {limits.max_n}, got {n}", "n")
@@ -242,45 +341,112 @@ def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits
     max_tokens = limits.default_max_tokens if body.max_tokens is None else body.max_tokens
     if max_tokens > limits.max_tokens:
         raise APIError(400, f"'max_tokens' must be at most {limits.max_tokens}, got {max_tokens}", "max_tokens")
+    if len(body.stop or ()) > limits.max_stop:
+        raise APIError(400, f"'stop' must hold at most {limits.max_stop} stop strings, got {len(body.stop)}", "stop")
     raw = body.prompts()
     if len(raw) * n > limits.max_batch:
         raise APIError(400, f"{len(raw)} prompt(s) x n={n} is {len(raw) * n} sequences; at most {limits.max_batch} "
                             "fit in one request", "n" if len(raw) == 1 else "prompt")
-    from ..generate import Engine
-
-    engine = Engine(served.model, served.tokenizer)
-    vocab = min(engine.vocab_size, served.tokenizer.vocab_size)  # ids the model knows and the tokenizer decodes
+    tok, context = served.tokenizer, served.model.block_size
+    vocab = min(served.model.vocab_size, tok.vocab_size)  # ids the model knows and the tokenizer decodes
+    keep = body.truncate_prompt_tokens
+    if keep is not None and keep > context:
+        raise APIError(400, f"'truncate_prompt_tokens' must be at most the context length, {context}, got {keep}",
+                       "truncate_prompt_tokens")
     ids, texts = [], []
     for p in raw:
-        if isinstance(p, str):
-            try:
-                ids.append(engine.encode(p))
-            except UserError as e:
-                raise APIError(400, f"'prompt' cannot be tokenized: {e}", "prompt") from None
-            texts.append(p)
-        else:
-            if min(p) < 0 or max(p) >= vocab:
-                raise APIError(400, f"'prompt' token ids must be in [0, {vocab}), got {min(p)}..{max(p)}", "prompt")
-            ids.append(list(p))
-            texts.append(served.tokenizer.decode(list(p)))
-        if len(ids[-1]) > limits.max_prompt_tokens:
-            raise APIError(400, f"'prompt' has {len(ids[-1]):,} tokens; at most {limits.max_prompt_tokens:,} are "
+        p_ids = _encode(tok, p) if isinstance(p, str) else list(p)
+        _check_ids(p_ids, vocab, "prompt")
+        if len(p_ids) > limits.max_prompt_tokens:
+            raise APIError(400, f"'prompt' has {len(p_ids):,} tokens; at most {limits.max_prompt_tokens:,} are "
                                 "allowed", "prompt")
+        if keep is not None and len(p_ids) > keep:
+            p_ids = p_ids[-keep:]  # left truncation, as vLLM does: the model sees the prompt's end
+            p = tok.decode(p_ids)
+        elif len(p_ids) > context:
+            raise APIError(400, f"this model's context length is {context} tokens, but the prompt has "
+                                f"{len(p_ids):,}; shorten it or pass truncate_prompt_tokens to keep its end",
+                           "prompt", code="context_length_exceeded")
+        ids.append(p_ids)
+        texts.append(p if isinstance(p, str) else tok.decode(p_ids))
     try:
         settings = SamplingSettings(
             max_new_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
             top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop or ()),
-            seed=body.seed, **({"window": body.window} if body.window else {}))
+            seed=body.seed, ignore_eos=body.ignore_eos, **({"window": body.window} if body.window else {}))
     except UserError as e:  # the schema checks these first; this is the engine's word on anything left
         raise APIError(400, str(e)) from None
-    return ids, texts, settings, n
+    return _Ask(ids, texts, settings, n, body.echo, body.logprobs)
 
 
-async def _stream(job: Job, queue: asyncio.Queue, cid: str, created: int, model: str,
-                  echoes: list[str] | None, include_usage: bool):
+# ---- events to choices ----------------------------------------------------------------------------------------
+
+def _empty_lists() -> dict:
+    return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+
+class _Choices:
+    """Builds each choice's text and OpenAI-shaped logprobs (`tokens`, `token_logprobs`, `top_logprobs`,
+    `text_offset`) from the scheduler's events. With echo the text starts with the prompt and, with logprobs,
+    so do the lists (the first prompt token has no log-probability: null). A token's string is what the
+    tokenizer decodes it to alone; `text_offset` counts characters of the choice's text, and the chosen token
+    is always among its `top_logprobs` (as vLLM does)."""
+
+    def __init__(self, ask: _Ask, tokenizer):
+        self.ask, self.tok = ask, tokenizer
+        width = len(ask.prompts) * ask.n
+        self.texts = [""] * width
+        self.reasons: list[str | None] = [None] * width
+        self.lists = [_empty_lists() for _ in range(width)] if ask.logprobs is not None else [None] * width
+        self.prompt_lists: dict[int, dict] = {}  # prompt -> its tokens' lists (echo with logprobs)
+        self.started = [False] * width
+
+    def _entries(self, entries: list, offset: int) -> dict:
+        out = _empty_lists()
+        for tok, lp, top in entries:
+            piece = self.tok.decode([tok])
+            out["tokens"].append(piece)
+            out["token_logprobs"].append(lp)
+            if top is None:  # the first prompt token: nothing predicted it
+                out["top_logprobs"].append(None)
+            else:
+                tops = {self.tok.decode([i]): v for i, v in top}
+                tops.setdefault(piece, lp)
+                out["top_logprobs"].append(tops)
+            out["text_offset"].append(offset)
+            offset += len(piece)
+        return out
+
+    def on_prompt(self, p: int, ids: list[int], logprobs: list, tops: list) -> None:
+        self.prompt_lists[p] = self._entries(list(zip(ids, logprobs, tops, strict=True)), 0)
+
+    def on_text(self, row: int, piece: str, entries: list) -> tuple[str, dict | None]:
+        """Add a piece (the echo first, on a row's first event) and its tokens; return what this adds."""
+        text, added = piece, None
+        if self.ask.echo and not self.started[row]:
+            text = self.ask.texts[row // self.ask.n] + piece
+            if self.ask.logprobs is not None:
+                added = self.prompt_lists.get(row // self.ask.n, _empty_lists())
+        self.started[row] = True
+        if self.ask.logprobs is not None:
+            before = len(self.texts[row]) + (len(text) - len(piece))  # the echo, when it comes now, goes first
+            more = self._entries(entries, before)
+            added = more if added is None else {k: added[k] + more[k] for k in added}
+            for k in added:
+                self.lists[row][k] += added[k]
+        self.texts[row] += text
+        return text, added
+
+    def whole(self) -> list[dict]:
+        """The choices of a whole (non-streamed) answer."""
+        return [choice(i, t, r, lp) for i, (t, r, lp) in enumerate(zip(self.texts, self.reasons, self.lists,
+                                                                       strict=True))]
+
+
+async def _stream(job: Job, queue: asyncio.Queue, choices: _Choices, cid: str, created: int, model: str,
+                  include_usage: bool):
     """Server-sent events for one job; leaving early (the client went away) cancels it. Events that queued up
     while the client was being written to go out in one write (one event each still)."""
-    started = set()
     try:
         while True:
             events = [await queue.get()]
@@ -288,14 +454,14 @@ async def _stream(job: Job, queue: asyncio.Queue, cid: str, created: int, model:
                 events.append(queue.get_nowait())
             out = []
             for ev in events:
+                if ev[0] == "prompt":
+                    choices.on_prompt(*ev[1:])
+                    continue
                 if ev[0] in ("text", "finish"):
                     row = ev[1]
-                    text = ev[2] if ev[0] == "text" else ""
-                    if echoes is not None and row not in started:
-                        text = echoes[row] + text
-                    started.add(row)
+                    text, lists = choices.on_text(row, *ev[2:]) if ev[0] == "text" else choices.on_text(row, "", [])
                     reason = ev[2] if ev[0] == "finish" else None
-                    out.append(sse(completion(cid, created, model, [choice(row, text, reason)], None)))
+                    out.append(sse(completion(cid, created, model, [choice(row, text, reason, lists)], None)))
                     continue
                 if ev[0] == "end" and include_usage:
                     out.append(sse(completion(cid, created, model, [], ev[1])))
@@ -309,10 +475,8 @@ async def _stream(job: Job, queue: asyncio.Queue, cid: str, created: int, model:
         job.cancel()  # a no-op once it has ended
 
 
-async def _collect(job: Job, queue: asyncio.Queue, request: Request, cid: str, created: int, model: str,
-                   echoes: list[str] | None) -> JSONResponse:
-    texts = list(echoes) if echoes is not None else [""] * job.width
-    reasons: list[str | None] = [None] * job.width
+async def _collect(job: Job, queue: asyncio.Queue, choices: _Choices, request: Request, cid: str, created: int,
+                   model: str) -> JSONResponse:
     get: asyncio.Task | None = None
     try:
         while True:
@@ -323,13 +487,15 @@ async def _collect(job: Job, queue: asyncio.Queue, request: Request, cid: str, c
                     return JSONResponse(error_body("the client went away", None), status_code=499)
                 continue
             ev, get = get.result(), None
-            if ev[0] == "text":
-                texts[ev[1]] += ev[2]
+            if ev[0] == "prompt":
+                choices.on_prompt(*ev[1:])
+            elif ev[0] == "text":
+                choices.on_text(ev[1], ev[2], ev[3])
             elif ev[0] == "finish":
-                reasons[ev[1]] = ev[2]
+                choices.on_text(ev[1], "", [])
+                choices.reasons[ev[1]] = ev[2]
             elif ev[0] == "end":
-                choices = [choice(i, t, r) for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
-                return JSONResponse(completion(cid, created, model, choices, ev[1]))
+                return JSONResponse(completion(cid, created, model, choices.whole(), ev[1]))
             else:
                 return JSONResponse(error_body(ev[1], None, "server_error"), status_code=500)
     finally:
@@ -339,11 +505,13 @@ async def _collect(job: Job, queue: asyncio.Queue, request: Request, cid: str, c
 
 
 def loss_curve(run_dir: Path | None, max_points: int = 2000) -> dict:
-    """The run's metrics.jsonl as arrays for the page: batch losses (thinned) and eval losses."""
+    """The run's metrics.jsonl as arrays for the page: batch losses (thinned) and eval losses. Damaged lines
+    are skipped: the curve is optional."""
     rows = read_metrics(run_dir / "metrics.jsonl") if run_dir is not None else []
-    train = [[r["step"], r["loss"]] for r in rows if r.get("kind") == "train" and "loss" in r]
+    train = [[r["step"], r["loss"]] for r in rows if isinstance(r, dict) and r.get("kind") == "train" and "loss" in r]
     if len(train) > max_points:
         stride = -(-len(train) // max_points)
         train = train[::stride]
-    evals = [[r["step"], r.get("train_loss"), r.get("val_loss")] for r in rows if r.get("kind") == "eval"]
+    evals = [[r["step"], r.get("train_loss"), r.get("val_loss")] for r in rows
+             if isinstance(r, dict) and r.get("kind") == "eval"]
     return {"train": train, "eval": evals}

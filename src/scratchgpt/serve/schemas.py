@@ -1,13 +1,18 @@
 """The wire format: OpenAI-style completion requests, responses, chunks and errors, and the server's limits.
 
-Owns `CompletionRequest` (pydantic, OpenAI's field names; a bad field is a 400 naming it), `ServeLimits`
-(the caps a deployment sets), `APIError` and the small builders of response bodies and server-sent events.
-Does not own routing, the model, or how text is generated (`app.py`, `scheduler.py`).
+Owns `CompletionRequest` (pydantic, OpenAI's field names; a bad field is a 400 naming it),
+`TokenizeRequest` / `DetokenizeRequest` (vLLM's /tokenize and /detokenize), `ServeLimits` (the caps a
+deployment sets), `APIError` and the small builders of response bodies and server-sent events. Does not own
+routing, the model, or how text is generated (`app.py`, `scheduler.py`).
 
-Fields that OpenAI defines but this server cannot honour (logprobs, suffix, penalties, logit_bias, best_of
-other than n) are refused by name rather than silently ignored; an unknown field is refused like OpenAI does.
-`top_k` (as in vLLM) and `window` (the engine's sliding policy past the block: full | half) are extensions;
-the `openai` client sends them through `extra_body`.
+`logprobs` (0 to 5, OpenAI's range) gives each token's log-probability and its most likely alternatives;
+with `echo` the prompt's tokens too (the first has none), which with `max_tokens` 0 is how evaluation
+harnesses score a text. Fields that OpenAI defines but this server cannot honour (suffix, penalties,
+logit_bias, best_of other than n) are refused by name rather than silently ignored; an unknown field is
+refused like OpenAI does. Extensions, as vLLM spells them: `top_k`, `ignore_eos` (go on past
+<|endoftext|>), `truncate_prompt_tokens` (keep a prompt's last k tokens instead of refusing one longer than
+the context); and `window` (the engine's sliding policy past the block: full | half). The `openai` client
+sends extensions through `extra_body`.
 """
 
 from __future__ import annotations
@@ -23,22 +28,25 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from ..errors import UserError
 from ..sampling import MAX_STOP_LEN
 
-MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_LOGPROBS = 5  # OpenAI's limit on logprobs
 
 
 @dataclass(frozen=True)
 class ServeLimits:
     """Caps on what one request may ask for; requests beyond them get a 400 naming the field."""
 
-    max_prompt_tokens: int = 4096  # per prompt, after tokenizing (a prompt longer than the context keeps its end)
+    max_prompt_tokens: int = 4096  # per prompt, after tokenizing, before any truncate_prompt_tokens
     max_tokens: int = 1024  # cap on max_tokens
     max_n: int = 8  # cap on n (and prompts x n must fit in max_batch)
     max_batch: int = 32  # cache lanes: rows decoded together; one request's prompts x n must fit
     max_waiting: int = 256  # requests queued beyond the batch before new ones get a 503
     default_max_tokens: int = 16  # OpenAI's default when max_tokens is left out
+    max_stop: int = 16  # stop strings per request (OpenAI allows 4; harnesses add <|endoftext|> to a task's own)
+    max_body_bytes: int = 4 * 2**20  # a larger request body is answered 413 before it is read whole
 
     def check(self) -> None:
-        for name in ("max_prompt_tokens", "max_tokens", "max_n", "max_batch", "max_waiting", "default_max_tokens"):
+        for name in ("max_prompt_tokens", "max_tokens", "max_n", "max_batch", "max_waiting", "default_max_tokens",
+                     "max_stop", "max_body_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_tokens" else 1):
                 raise UserError(f"serve limit {name} must be a positive whole number, got {value!r}")
@@ -83,13 +91,15 @@ class CompletionRequest(BaseModel):
     window: Literal["full", "half"] | None = None  # past the block: the engine's sliding policy
     n: Annotated[StrictInt, Field(ge=1)] | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch's generator takes
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     echo: StrictBool = False
     user: StrictStr | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    ignore_eos: StrictBool = False
+    truncate_prompt_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     # OpenAI fields this server does not implement: accepted only at their "off" values
-    logprobs: StrictInt | None = None
     suffix: StrictStr | None = None
     best_of: StrictInt | None = None
     presence_penalty: Number | None = None
@@ -122,15 +132,13 @@ class CompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str]:
-        stops = [] if v is None else [v] if isinstance(v, str) else v
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ValueError(f"must hold at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        stops = [] if v is None else [v] if isinstance(v, str) else v  # how many: the server's max_stop
         for s in stops:
             if not 1 <= len(s) <= MAX_STOP_LEN:
                 raise ValueError(f"must be strings of 1 to {MAX_STOP_LEN} characters each")
         return stops
 
-    @field_validator("logprobs", "suffix", "logit_bias")
+    @field_validator("suffix", "logit_bias")
     @classmethod
     def _unsupported(cls, v: Any) -> Any:
         if v:
@@ -154,14 +162,33 @@ class CompletionRequest(BaseModel):
         return list(p)
 
 
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's shape): the ids the server's tokenizer gives a text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    prompt: StrictStr
+    add_special_tokens: StrictBool = True  # accepted for vLLM clients; the tokenizers here add none
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize (vLLM's shape): the text of token ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    tokens: list[StrictInt]
+
+
 # ---- responses ------------------------------------------------------------------------------------------
 
 def completion_id() -> str:
     return f"cmpl-{uuid.uuid4().hex[:24]}"
 
 
-def choice(index: int, text: str, finish_reason: str | None) -> dict:
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def completion(cid: str, created: int, model: str, choices: list[dict], usage: dict | None) -> dict:

@@ -21,6 +21,8 @@ function numberOr(id, fallback) {
   return v === "" ? fallback : Number(v);
 }
 
+let contextLength = null;  // the model's context in tokens, from /info
+
 function requestBody() {
   const body = {
     prompt: $("prompt").value,
@@ -34,6 +36,8 @@ function requestBody() {
   if (k > 0) body.top_k = k;
   const seed = numberOr("seed", null);
   if (seed !== null) body.seed = seed;
+  // the page continues any text: a prompt longer than the context keeps its end, as `scratchgpt sample` does
+  if (contextLength) body.truncate_prompt_tokens = contextLength;
   return body;
 }
 
@@ -128,6 +132,7 @@ function fmt(v) {
 
 async function loadInfo() {
   const info = await (await fetch("/info")).json();
+  contextLength = info.facts.context;
   $("model-name").textContent = info.model;
   document.title = `${info.model} · scratchgpt playground`;
   const f = info.facts;
