@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+from scratchgpt.checkpoint import load_model as ckpt_load  # noqa: E402
 from scratchgpt.cli import main as cli_main  # noqa: E402
 from scratchgpt.generate import Engine  # noqa: E402
 from scratchgpt.models import GPT, GPTConfig  # noqa: E402
@@ -378,6 +380,61 @@ def test_hostile_requests_are_refused_before_queueing(server):
     assert big.status_code == 413 and "limit" in big.json()["error"]["message"]
     assert sched.stats()["requests_done"] == before  # nothing reached the scheduler
     assert httpx.get(f"{base}/health").json()["status"] == "ok"
+
+
+def test_damaged_optional_run_files_never_stop_serving(run_dir, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir, damaged)
+    (damaged / "metrics.jsonl").write_bytes(b'{"kind": "eval", "step": 3}\n\xff\xfe garbage\n5\n[1, 2]\n')
+    (damaged / "trainer_state.json").write_text("{not json", encoding="utf-8")
+    (damaged / "loss.png").write_bytes(b"not a png")
+    app = create_app(damaged, LIMITS)
+    with running_server(app) as base:
+        facts = httpx.get(f"{base}/info").json()["facts"]
+        assert facts["val_loss"] is None and facts["step"] == 6
+        assert httpx.get(f"{base}/metrics").json() == {"train": [], "eval": [[3, None, None]]}
+        r = httpx.post(f"{base}/v1/completions", json={"prompt": "line", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+class SlowTokenizer:
+    """A tokenizer that takes a second to encode a prompt that asks for it."""
+
+    def __init__(self, inner):
+        self.inner, self.kind, self.vocab_size = inner, inner.kind, inner.vocab_size
+
+    def encode(self, text):
+        if text.startswith("slow"):
+            time.sleep(1.0)
+        return self.inner.encode(text)
+
+    def decode(self, ids):
+        return self.inner.decode(ids)
+
+
+def test_health_answers_while_a_prompt_is_being_tokenized(run_dir):
+    from scratchgpt.serve import ServedModel
+
+    model, tok, _ = ckpt_load(run_dir)
+    app = create_app(ServedModel(model, SlowTokenizer(tok), name="slow"), LIMITS)
+    with running_server(app) as base:
+        done = {}
+
+        def post():
+            done["completion"] = httpx.post(f"{base}/v1/completions", json={"prompt": "slow line", "max_tokens": 1},
+                                            timeout=30)
+            done["at"] = time.monotonic()
+
+        worker = threading.Thread(target=post)
+        worker.start()
+        time.sleep(0.2)  # the slow prompt is being tokenized now
+        health = httpx.get(f"{base}/health", timeout=30)
+        answered = time.monotonic()
+        worker.join(30)
+        assert health.status_code == 200 and done["completion"].status_code == 200
+        assert answered < done["at"]  # the event loop was free while the prompt was tokenized
 
 
 @pytest.mark.parametrize("body, param", [

@@ -14,15 +14,20 @@ from .fileio import atomic_path
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
+    """The rows of a metrics.jsonl; lines that are not JSON objects (cut by a crash, or damaged) are skipped,
+    since the log is optional to everything that reads it."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError:
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             continue  # a line cut by a crash; the rest is still good
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
