@@ -48,6 +48,7 @@ from .fileio import read_utf8
 from .runtime import Runtime
 
 LN2 = math.log(2.0)
+SOFTMAX_ROWS = 2048  # positions per float32 log-softmax: 2048 x GPT-2's 50,257 logits is 400 MB
 
 
 # ---- the sliding window ------------------------------------------------------------------------------
@@ -78,12 +79,12 @@ def _logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Te
     """ln p(y[r, t] | x[r, :t + 1]) at each masked (r, t), in row-major order, float32 on the CPU."""
     with rt.autocast():
         logits, _ = model(x)  # (b, T, V)
-    picked = logits[mask].float()  # (M, V): only the scored positions go through the softmax
-    return picked.log_softmax(-1).gather(-1, y[mask].unsqueeze(-1)).squeeze(-1).cpu()  # (M,)
-
-
-def _runtime(model: nn.Module, rt: Runtime | None) -> Runtime:
-    return rt if rt is not None else Runtime(_device_of(model))
+    rows, cols = mask.nonzero(as_tuple=True)  # (M,) each: only the scored positions go through the softmax
+    out = []
+    for r, c in zip(rows.split(SOFTMAX_ROWS), cols.split(SOFTMAX_ROWS), strict=True):  # bounded float32 copies
+        lp = logits[r, c].float().log_softmax(-1)  # (m, V)
+        out.append(lp.gather(-1, y[r, c].unsqueeze(-1)).squeeze(-1))  # (m,)
+    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 def score_tokens(model: nn.Module, ids: Sequence[int] | np.ndarray, block_size: int, stride: int | None = None,
@@ -93,11 +94,10 @@ def score_tokens(model: nn.Module, ids: Sequence[int] | np.ndarray, block_size: 
     ids = np.asarray(ids, dtype=np.int64)
     if batch_size < 1:
         raise UserError(f"the batch size must be positive, got {batch_size}")
-    rt = _runtime(model, rt)
     device = _device_of(model)
+    rt = rt if rt is not None else Runtime(device)
     wins = windows(len(ids), block_size, stride or block_size)
-    parts = []
-    i = 0
+    parts, i = [], 0
     while i < len(wins):  # a batch: consecutive windows of one length (all but the last window are full)
         j = i + 1
         while j < len(wins) and j - i < batch_size and wins[j][1] == wins[i][1]:
@@ -256,25 +256,26 @@ def read_choices(path: str | Path) -> list[Question]:
 
 def _choice_rows(tokenizer: Any, q: Question, block_size: int, path: str | Path) -> list[tuple[list[int], int]]:
     """(token ids of context + choice, cut to block_size + 1 from the left; the choice's token count) per choice."""
+    def enc(text: str) -> list[int]:
+        try:
+            return encode(tokenizer, text).tolist()
+        except UserError as e:  # a character the tokenizer lacks
+            raise _bad_line(path, q.line, str(e)) from None
+
     spaces = len(q.context) - len(q.context.rstrip())
     context, moved = (q.context[:-spaces], q.context[-spaces:]) if spaces else (q.context, "")
-    try:
-        ctx = encode(tokenizer, context).tolist()
-        rows = []
-        for k, choice in enumerate(q.choices):
-            whole = encode(tokenizer, context + moved + choice).tolist()
-            if whole[:len(ctx)] != ctx or len(whole) == len(ctx):  # a token spans the seam: encode apart
-                whole = ctx + encode(tokenizer, moved + choice).tolist()
-            n = len(whole) - len(ctx)
-            if n > block_size:
-                raise _bad_line(path, q.line, f"choice {k} is {n} tokens, more than the model's block of {block_size}")
-            rows.append((whole[-(block_size + 1):], n))
-    except DataError:
-        raise
-    except UserError as e:
-        raise _bad_line(path, q.line, str(e)) from None
+    ctx = enc(context)
     if not ctx:
         raise _bad_line(path, q.line, "the context has no tokens to predict the choices from")
+    rows = []
+    for k, choice in enumerate(q.choices):
+        whole = enc(context + moved + choice)
+        if whole[:len(ctx)] != ctx or len(whole) == len(ctx):  # a token spans the seam: encode apart
+            whole = ctx + enc(moved + choice)
+        n = len(whole) - len(ctx)
+        if n > block_size:
+            raise _bad_line(path, q.line, f"choice {k} is {n} tokens, more than the model's block of {block_size}")
+        rows.append((whole[-(block_size + 1):], n))
     return rows
 
 
@@ -291,8 +292,8 @@ def score_choices(model: nn.Module, tokenizer: Any, questions: list[Question], b
                   path: str | Path = "choices") -> ChoiceScore:
     """Accuracy and length-normalised accuracy; choices of similar length share a forward pass (right-padded:
     a causal model's real positions never see the padding)."""
-    rt = _runtime(model, rt)
     device = _device_of(model)
+    rt = rt if rt is not None else Runtime(device)
     rows = [(qi, k, seq, n) for qi, q in enumerate(questions)
             for k, (seq, n) in enumerate(_choice_rows(tokenizer, q, block_size, path))]
     sums = [[0.0] * len(q.choices) for q in questions]
