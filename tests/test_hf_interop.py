@@ -354,7 +354,7 @@ def test_tokenizer_files_match_transformers(tmp_path):
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
     sample = "Before we proceed, hear me: ünïcødé 123  Speak!\n"
     assert theirs.encode(sample) == enc.encode_ordinary(sample) and theirs.eos_token_id == eot
-    assert hf_tokenizer_files(CharTokenizer("abc"), 64)[0] is None
+    assert "tokenizer.json" in hf_tokenizer_files(CharTokenizer("abc"), 64)[0]  # every kind: tests/test_hf_tokenizers.py
 
 
 def test_load_state_reports_a_misfit_as_a_bug():

@@ -1,15 +1,16 @@
 """The Python API a notebook reaches for: `model = scratchgpt.load(run_dir)`, then `model.generate(...)`.
 
 Owns `LoadedModel` (a trained run's model, tokenizer and config with one generation engine, so caches
-and CUDA graphs are reused across calls) and `load`. Sampling settings are keyword arguments:
-`max_new_tokens`, `temperature` (0 is greedy), `top_k`, `top_p`, `stop` (a string or several), `seed`.
-Does not own checkpoint loading (`checkpoint.py`) or generation (`generate.py`).
+and CUDA graphs are reused across calls; `score(text)` for log-probabilities) and `load`. Sampling settings
+are keyword arguments: `max_new_tokens`, `temperature` (0 is greedy), `top_k`, `top_p`, `stop` (a string or several), `seed`.
+Does not own checkpoint loading (`checkpoint.py`), generation (`generate.py`) or scoring (`evaluate.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from .config import Config
 from .errors import UserError
 from .generate import Engine
 from .sampling import SamplingSettings, settings_from
+
+if TYPE_CHECKING:
+    from .evaluate import TextScore
 
 
 class LoadedModel:
@@ -37,6 +41,13 @@ class LoadedModel:
     def stream(self, prompt: str = "", **settings) -> Iterator[str]:
         """Yield the continuation piece by piece: `for piece in model.stream("ROMEO:"): print(piece, end="")`."""
         return self.engine.stream(prompt, settings_from(self.defaults, **settings))
+
+    def score(self, text: str, *, stride: int | None = None, batch_size: int = 8) -> TextScore:
+        """How well the model predicts `text`: `tokens`, `token_logprobs` (ln p of each token after the first),
+        `loss`, `perplexity`, `bits_per_byte` (windows and figures as `scratchgpt eval`: `scratchgpt.evaluate`)."""
+        from .evaluate import score_text
+
+        return score_text(self.model, self.tokenizer, text, self.config.model.block_size, stride, batch_size)
 
     def settings(self, **settings) -> SamplingSettings:
         """The settings a call with these keywords would use (validated)."""

@@ -128,6 +128,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate_run, format_report
+
+    report = evaluate_run(args.run_dir, args.text or (), args.choices, which=args.which, device=args.device,
+                          dtype=args.dtype, threads=args.threads, batch_size=args.batch_size, stride=args.stride,
+                          progress=not args.quiet)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .interop.hf import export_hf
 
@@ -308,6 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
     pv.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
 
+    pq = sub.add_parser("eval", help="score text with a run: loss, perplexity, bits per byte; multiple-choice accuracy")
+    pq.add_argument("run_dir")
+    pq.add_argument("--text", nargs="+", action="extend", metavar="FILE",
+                    help="UTF-8 text files, each scored whole with a sliding window (and their total)")
+    pq.add_argument("--choices", metavar="FILE.jsonl",
+                    help='multiple choice: lines of {"context": str, "choices": [str, ...], "label": int}')
+    pq.add_argument("--stride", type=_number(ints(1, 2**24)), default=None,
+                    help="tokens each window moves on (default: the block size, non-overlapping windows, as the "
+                         "training run's full val loss; smaller gives each token more context)")
+    pq.add_argument("--batch-size", type=BATCH, default=8, help="windows (or choices) per forward pass")
+    pq.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    pq.add_argument("--quiet", action="store_true", help="no progress bar")
+    pq.add_argument("--which", choices=["best", "last"], default="best", help="which weights to score with")
+    pq.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    pq.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on CUDA")
+    pq.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+
     pe = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 directory (transformers loads it)")
     pe.add_argument("run_dir")
     pe.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors (+ tokenizer)")
@@ -362,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         commands = {"prepare": _cmd_prepare, "export": _cmd_export, "import-hf": _cmd_import_hf,
                     "tokenizer": _cmd_tokenizer, "lecture": _cmd_lecture, "serve": _cmd_serve,
-                    "sample": _cmd_sample}
+                    "sample": _cmd_sample, "eval": _cmd_eval}
         return commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

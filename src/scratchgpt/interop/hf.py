@@ -349,15 +349,16 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", force: 
     model = build_model(cfg.model)
     ckpt.load_weights(ckpt.weights_path(run, which), model)
     files, note = hf_tokenizer_files(tok, cfg.model.block_size)
-    eot = None
-    if files is not None:
-        eot = json.loads(files["vocab.json"]).get("<|endoftext|>")
+    eot = getattr(tok, "eot_id", None) if files is not None and "tokenizer.json" in files else None
     tensors = state_to_hf(model.state_dict(), cfg.model)
     with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg.model, eot), indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for name, text in (files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        for name, body in (files or {}).items():
+            if isinstance(body, bytes):
+                (tmp / name).write_bytes(body)
+            else:
+                (tmp / name).write_text(body, encoding="utf-8")
     return out, note
 
 

@@ -1,10 +1,23 @@
-"""Byte-level BPE tokenizers to and from Hugging Face's GPT-2 files (vocab.json + merges.txt).
+"""Our tokenizers as Hugging Face tokenizer files, and GPT-2's vocab.json + merges.txt read back.
 
-Owns turning tiktoken-style merge ranks
-(`{token bytes: id}`) into vocab.json / merges.txt and back, recognising GPT-2's own vocabulary in a
-Hugging Face directory, and finding the ranks behind one of our tokenizers for export. Does not own the
-tokenizers themselves (`tokenizers/`, where `gpt2.bytes_to_unicode` holds the byte <-> printable-character table GPT-2's files
-use) or the weights (`interop/hf.py`).
+Owns turning tiktoken-style merge ranks (`{token bytes: id}`) into vocab.json / merges.txt and back,
+recognising GPT-2's own vocabulary in a Hugging Face directory, naming a split regex by what it splits
+(`split_name`: GPT-2's or GPT-4's, however spelled), and `hf_tokenizer_files`, what `export --format hf`
+writes for each kind of tokenizer so that `transformers.AutoTokenizer.from_pretrained(dir)` gives our ids:
+
+  bpe, gpt2  tokenizer.json: byte-level BPE whose pre-tokenizer is the tokenizer's own split regex (a `Split`,
+             then `ByteLevel` without its regex), so the fast tokenizer splits exactly as tiktoken does, and
+             `ignore_merges` (a chunk that is a whole token is that token: tiktoken's shortcut); special tokens
+             are added tokens. When the split is GPT-2's, also vocab.json + merges.txt for GPT2Tokenizer.
+  char       tokenizer.json: a WordLevel vocabulary of the characters after a split into single characters
+             (an unknown character is an error there too), joined back by a `Fuse` decoder.
+  word       tokenizer.json: WordLevel over the chunks of GPT-2's split, `<unk>` (id 0) for unseen ones.
+  spm        no tokenizer.json (see `SPM_NOTE`); its model is written as sentencepiece.model.
+
+tokenizer_config.json names `PreTrainedTokenizerFast`, which loads tokenizer.json as written (transformers 5's
+GPT2Tokenizer would rebuild GPT-2's own pre-tokenizer over it). Does not own the tokenizers themselves
+(`tokenizers/`, where `gpt2.bytes_to_unicode` holds the byte <-> printable-character table GPT-2's files use)
+or the weights (`interop/hf.py`). Imports neither transformers nor tokenizers: the files are plain JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from typing import Any
 import tiktoken
 
 from ..tokenizers.gpt2 import bytes_to_unicode
+from ..tokenizers.pretokenize import SPLIT_PATTERNS
 
 # GPT-2's pre-tokenizer, the one Hugging Face's GPT2Tokenizer always applies: a tokenizer with another
 # pattern would split text differently there, so export refuses it rather than write wrong files
@@ -26,6 +40,10 @@ GPT2_PATTERNS = frozenset({  # spellings of that one split: GPT-2's original, ou
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
 })
 EOT = "<|endoftext|>"
+UNK = "<unk>"  # the word tokenizer's id 0; for char, a name absent from its vocabulary (so unknown is an error)
+SPM_NOTE = ("the 'spm' tokenizer was written only as sentencepiece.model (load it with sentencepiece): "
+            "SentencePiece splits by Unicode script, whitespace and digits and merges by piece score inside its own "
+            "library, which no tokenizer.json reproduces exactly, so transformers gets no tokenizer")
 
 
 def _to_text(token: bytes) -> str:
@@ -108,29 +126,87 @@ def find_ranks(tokenizer: Any) -> tuple[dict[bytes, int], dict[str, int], str] |
     return ranks, special, getattr(enc, "_pat_str", "")
 
 
-def hf_tokenizer_files(tokenizer: Any, model_max_length: int) -> tuple[dict[str, str] | None, str]:
-    """Files that let transformers' AutoTokenizer load our tokenizer, and a sentence saying what was written."""
-    if tokenizer is None:
-        return None, "no tokenizer was written (the run has no tokenizer.json)"
+def split_name(pattern: str) -> str | None:
+    """'gpt2' or 'gpt4' for a spelling of GPT-2's or GPT-4's split we know (our pinned ones, OpenAI's,
+    tiktoken's), else None. Compared by name, not spelling: ours spell the Unicode classes out."""
+    if pattern in GPT2_PATTERNS or pattern == SPLIT_PATTERNS["gpt2"]:
+        return "gpt2"
+    if pattern == SPLIT_PATTERNS["gpt4"]:
+        return "gpt4"
+    return None
+
+
+def _split_by(pattern: str) -> dict[str, Any]:
+    return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+
+
+def _tokenizer_json(model: dict[str, Any], pre_tokenizer: dict[str, Any], decoder: dict[str, Any],
+                    special: dict[str, int] | None = None) -> str:
+    """tokenizer.json of the `tokenizers` library: no normalizer, no post-processor (nothing is added)."""
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for s, i in sorted((special or {}).items(), key=lambda kv: kv[1])]
+    return json.dumps({"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+                       "normalizer": None, "pre_tokenizer": pre_tokenizer, "post_processor": None,
+                       "decoder": decoder, "model": model}, ensure_ascii=False)
+
+
+def _config_files(model_max_length: int, eot: str | None = None) -> dict[str, str | bytes]:
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+                              "clean_up_tokenization_spaces": False}
+    files: dict[str, str | bytes] = {}
+    if eot is not None:  # GPT-2's convention: one token begins, ends and stands in for the unknown
+        config.update(bos_token=eot, eos_token=eot, unk_token=eot)
+        files["special_tokens_map.json"] = json.dumps({"bos_token": eot, "eos_token": eot, "unk_token": eot}, indent=2)
+    files["tokenizer_config.json"] = json.dumps(config, indent=2)
+    return files
+
+
+def _byte_level_files(tokenizer: Any, kind: str, model_max_length: int) -> tuple[dict[str, str | bytes] | None, str]:
     found = find_ranks(tokenizer)
-    kind = getattr(tokenizer, "kind", type(tokenizer).__name__)
     if found is None:
-        return None, f"no Hugging Face tokenizer was written: the run's {kind!r} tokenizer has no GPT-2 BPE form"
+        return None, f"no Hugging Face tokenizer was written: the run's {kind!r} tokenizer has no byte-level BPE form"
     ranks, special, pattern = found
-    if pattern not in GPT2_PATTERNS:
-        return None, f"no Hugging Face tokenizer was written: the {kind!r} tokenizer splits text unlike GPT-2"
     try:
         vocab, merges = ranks_to_hf(ranks, special)
     except ValueError as e:
         return None, f"no Hugging Face tokenizer was written: {e}"
-    eot = EOT if EOT in special else None
-    files = {
-        "vocab.json": json.dumps(vocab, ensure_ascii=False),
-        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
-        "tokenizer_config.json": json.dumps({
-            "tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
-            "bos_token": eot, "eos_token": eot, "unk_token": eot,
-        }, indent=2),
-        "special_tokens_map.json": json.dumps({"bos_token": eot, "eos_token": eot, "unk_token": eot}, indent=2),
-    }
-    return files, f"wrote the {kind!r} tokenizer as vocab.json and merges.txt"
+    model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+             "vocab": vocab, "merges": merges}
+    pre = {"type": "Sequence", "pretokenizers": [
+        _split_by(pattern), {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    decoder = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    files = {"tokenizer.json": _tokenizer_json(model, pre, decoder, special),
+             **_config_files(model_max_length, EOT if EOT in special else None)}
+    name = split_name(pattern)
+    if name == "gpt2":
+        files["vocab.json"] = json.dumps(vocab, ensure_ascii=False)
+        files["merges.txt"] = "#version: 0.2\n" + "\n".join(merges) + "\n"
+        return files, (f"wrote the {kind!r} tokenizer as tokenizer.json, and as vocab.json and merges.txt for "
+                       "GPT2Tokenizer (its split is GPT-2's)")
+    if name == "gpt4":
+        return files, (f"wrote the {kind!r} tokenizer as tokenizer.json with its GPT-4 split as the pre-tokenizer "
+                       "(no vocab.json/merges.txt: GPT2Tokenizer would split with GPT-2's regex)")
+    return files, (f"wrote the {kind!r} tokenizer as tokenizer.json with its own split regex as the pre-tokenizer "
+                   "(a regex we do not know: check that Hugging Face's engine splits your text alike)")
+
+
+def hf_tokenizer_files(tokenizer: Any, model_max_length: int) -> tuple[dict[str, str | bytes] | None, str]:
+    """Files that let transformers' AutoTokenizer load our tokenizer (name -> text or bytes), or None, and a
+    sentence saying what was written and, for what could not be, why."""
+    if tokenizer is None:
+        return None, "no tokenizer was written (the run has no tokenizer.json)"
+    kind = getattr(tokenizer, "kind", type(tokenizer).__name__)
+    fuse = {"type": "Fuse"}  # tokens joined as they are (the library's default joins them with spaces)
+    if kind == "char":
+        model = {"type": "WordLevel", "vocab": {c: i for i, c in enumerate(tokenizer.chars)}, "unk_token": UNK}
+        files = {"tokenizer.json": _tokenizer_json(model, _split_by(r"[\s\S]"), fuse), **_config_files(model_max_length)}
+        return files, "wrote the 'char' tokenizer as tokenizer.json (one token per character)"
+    if kind == "word":
+        model = {"type": "WordLevel", "vocab": {w: i for i, w in enumerate(tokenizer.words)}, "unk_token": UNK}
+        files = {"tokenizer.json": _tokenizer_json(model, _split_by(tokenizer.pattern), fuse),
+                 **_config_files(model_max_length)}
+        return files, "wrote the 'word' tokenizer as tokenizer.json (GPT-2's split, <unk> for unseen words)"
+    if kind == "spm":
+        return {"sentencepiece.model": tokenizer.model_proto}, SPM_NOTE
+    return _byte_level_files(tokenizer, kind, model_max_length)

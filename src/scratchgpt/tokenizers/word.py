@@ -29,7 +29,8 @@ class WordTokenizer:
             raise ValueError("words must be distinct non-empty strings, without <unk>")
         self.words = [UNK, *words]
         self.stoi = {w: i for i, w in enumerate(self.words)}
-        self._split = compile_pattern(SPLIT_PATTERNS["gpt2"])
+        self.pattern = SPLIT_PATTERNS["gpt2"]  # what a word is: a chunk of GPT-2's split
+        self._split = compile_pattern(self.pattern)
 
     @classmethod
     def from_text(cls, text: str, max_vocab: int | None = None) -> WordTokenizer:

@@ -1,6 +1,7 @@
 """Evaluation during training: the mean loss on the train and val splits.
 
-Owns `Evaluator`. Does not own when to evaluate (`loop.py`) or scoring arbitrary text (`scratchgpt eval`).
+Owns `Evaluator`. Does not own when to evaluate (`loop.py`) or scoring arbitrary text (`scratchgpt eval`, the
+top-level `evaluate.py`, whose default windows are the ones `full_val` uses here).
 """
 
 from __future__ import annotations
