@@ -2,15 +2,14 @@
 
 Owns `LoadedModel` (a trained run's model, tokenizer and config with one generation engine, so caches
 and CUDA graphs are reused across calls; `score(text)` for log-probabilities) and `load`. Sampling settings
-are keyword arguments: `max_new_tokens`, `temperature` (0 is greedy), `top_k`, `top_p`, `stop` (a string or several), `seed`.
-Does not own checkpoint loading (`checkpoint.py`), generation (`generate.py`) or scoring (`evaluate.py`).
+are keyword arguments: `max_new_tokens`, `temperature` (0 is greedy), `top_k`, `top_p`, `stop` (a string or
+several), `seed`, `ignore_eos`. Does not own checkpoint loading (`checkpoint.py`), generation (`generate.py`) or scoring (`evaluate.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,19 +17,18 @@ from . import runtime
 from .checkpoint import load_model
 from .config import Config
 from .errors import UserError
+from .evaluate import TextScore, score_text
 from .generate import Engine
 from .sampling import SamplingSettings, settings_from
-
-if TYPE_CHECKING:
-    from .evaluate import TextScore
 
 
 class LoadedModel:
     """A run ready to generate. `generate` returns text; `stream` yields it piece by piece as it comes."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, config: Config, *, cuda_graphs: bool = True, **defaults):
+    def __init__(self, model: torch.nn.Module, tokenizer, config: Config, *, cuda_graphs: bool = True,
+                 compile: bool = False, **defaults):
         self.model, self.tokenizer, self.config = model, tokenizer, config
-        self.engine = Engine(model, tokenizer, cuda_graphs=cuda_graphs)
+        self.engine = Engine(model, tokenizer, cuda_graphs=cuda_graphs, compile=compile)
         self.defaults = settings_from(None, **defaults)  # per-call keywords override these
 
     def generate(self, prompt: str | list[str] = "", *, num_samples: int = 1, **settings) -> str | list[str]:
@@ -45,8 +43,6 @@ class LoadedModel:
     def score(self, text: str, *, stride: int | None = None, batch_size: int = 8) -> TextScore:
         """How well the model predicts `text`: `tokens`, `token_logprobs` (ln p of each token after the first),
         `loss`, `perplexity`, `bits_per_byte` (windows and figures as `scratchgpt eval`: `scratchgpt.evaluate`)."""
-        from .evaluate import score_text
-
         return score_text(self.model, self.tokenizer, text, self.config.model.block_size, stride, batch_size)
 
     def settings(self, **settings) -> SamplingSettings:
@@ -60,13 +56,17 @@ class LoadedModel:
 
 
 def load(run_dir: str | Path, which: str = "best", device: str = "cpu", dtype: str = "auto",
-         cuda_graphs: bool = True, threads: int = 0, **defaults) -> LoadedModel:
+         cuda_graphs: bool = True, threads: int = 0, compile: bool | str = False, **defaults) -> LoadedModel:
     """Load a run directory written by `scratchgpt train`. `device` is cpu | cuda | mps | auto; `dtype` auto
-    means bfloat16 on CUDA and float32 elsewhere; `threads` sets the CPU threads (0: torch's default). Extra
-    keywords become default sampling settings."""
+    means bfloat16 on CUDA and on CPUs that compute bf16 natively, float32 elsewhere; `threads` sets the CPU
+    threads (0: torch's default); `compile` runs the decode step through torch.compile (the first call of
+    each batch size compiles it). Extra keywords become default sampling settings."""
     if which not in ("best", "last"):
         raise UserError(f"which must be 'best' or 'last', got {which!r}")
-    rt = runtime.setup(device, dtype, threads=threads)
+    compile = {"on": True, "off": False}.get(compile, compile) if isinstance(compile, str) else compile
+    if not isinstance(compile, bool):
+        raise UserError(f"compile must be true or false (or on / off), got {compile!r}")
+    rt = runtime.setup(device, dtype, threads=threads, compile=compile)
     model, tok, cfg = load_model(run_dir, which=which, device=rt.device)
     model = model.to(rt.dtype)
-    return LoadedModel(model, tok, cfg, cuda_graphs=cuda_graphs, **defaults)
+    return LoadedModel(model, tok, cfg, cuda_graphs=cuda_graphs, compile=rt.compile, **defaults)

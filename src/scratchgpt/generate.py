@@ -203,12 +203,13 @@ class DecodeCore:
     `vocab_limit` (the tokenizer's vocabulary, when the model pads its own) keeps ids that cannot be decoded
     from ever being sampled. `fixed_shapes` decodes a bucket of lanes (the next power of two of the rows in
     use, or all lanes) over the whole window under a mask, the shapes a CUDA graph or a compiled step needs,
-    instead of exactly the lanes and positions in use (on by default where CUDA graphs are); `cuda_graphs`
-    captures that step on CUDA (ignored elsewhere).
+    instead of exactly the lanes and positions in use (on by default where CUDA graphs are or `compile` is);
+    `cuda_graphs` captures that step on CUDA (ignored elsewhere); `compile` runs it through `torch.compile`
+    (one compilation per bucket, on first use: the decode step fused into a few kernels).
     """
 
     def __init__(self, model: nn.Module, lanes: int, *, vocab_limit: int | None = None, cuda_graphs: bool = True,
-                 fixed_shapes: bool | None = None):
+                 fixed_shapes: bool | None = None, compile: bool = False):
         if lanes < 1:
             raise ValueError(f"a decode core needs at least one lane, got {lanes}")
         self.model = model
@@ -230,7 +231,10 @@ class DecodeCore:
         self._rows: list[_Row] = []  # row i holds lane i: the active lanes are 0..A-1
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         graphs = cuda_graphs and dev.type == "cuda" and model.cache_shape()[0] > 0
-        self.fixed_shapes = graphs if fixed_shapes is None else fixed_shapes
+        self.fixed_shapes = (graphs or compile) if fixed_shapes is None else fixed_shapes
+        if compile and not self.fixed_shapes:
+            raise ValueError("a compiled decode step needs fixed shapes")
+        self._run_step = torch.compile(self._step, dynamic=False) if compile else self._step
         self.buckets = sorted({min(2**i, lanes) for i in range(lanes.bit_length() + 1)})
         if graphs and self.fixed_shapes:
             self._capture_graphs()
@@ -380,7 +384,7 @@ class DecodeCore:
             graph, out = self._graphs[b]
             graph.replay()
         else:
-            out = self._step(b, self.block_size)
+            out = self._run_step(b, self.block_size)
         self.logits[:A] = out[:A]
 
     def _step(self, b: int, view_len: int) -> torch.Tensor:
@@ -404,11 +408,11 @@ class DecodeCore:
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):  # warm up (cuBLAS handles, allocator) off the capture stream
                     for _ in range(2):
-                        self._step(b, self.block_size)
+                        self._run_step(b, self.block_size)
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
-                    out = self._step(b, self.block_size)
+                    out = self._run_step(b, self.block_size)
                 self._graphs[b] = (graph, out)
         except RuntimeError as e:  # an op that cannot be captured on this build: decode eagerly instead
             self._graphs.clear()
@@ -451,7 +455,7 @@ class Engine:
     CUDA graphs) are kept per batch size."""
 
     def __init__(self, model: nn.Module, tokenizer=None, *, cuda_graphs: bool = True, sync_every: int | None = None,
-                 fixed_shapes: bool | None = None):
+                 fixed_shapes: bool | None = None, compile: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.block_size, self.vocab_size = model.block_size, model.vocab_size
@@ -459,7 +463,7 @@ class Engine:
         # tokenizer cannot decode are never sampled
         n_tok = getattr(tokenizer, "vocab_size", None)  # token-level use needs no tokenizer
         self.vocab_limit = n_tok if isinstance(n_tok, int) and 0 < n_tok < self.vocab_size else None
-        self.cuda_graphs, self.fixed_shapes = cuda_graphs, fixed_shapes
+        self.cuda_graphs, self.fixed_shapes, self.compile = cuda_graphs, fixed_shapes, compile
         self.sync_every = sync_every or (16 if self.device.type == "cuda" else 1)
         self._cores: dict[int, DecodeCore] = {}
         self._said_truncated = False
@@ -534,7 +538,8 @@ class Engine:
             if len(self._cores) >= 4:  # bound memory: drop the oldest batch size's cache and graphs
                 self._cores.pop(next(iter(self._cores)))
             self._cores[lanes] = DecodeCore(self.model, lanes, vocab_limit=self.vocab_limit,
-                                            cuda_graphs=self.cuda_graphs, fixed_shapes=self.fixed_shapes)
+                                            cuda_graphs=self.cuda_graphs, fixed_shapes=self.fixed_shapes,
+                                            compile=self.compile)
         return self._cores[lanes]
 
     def _guarded(self, steps: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
