@@ -179,3 +179,23 @@ def test_staging_of_a_live_process_is_left_alone(tmp_path):
     dead.mkdir()
     fileio.clean_stale(target)
     assert live.is_dir() and not dead.exists()
+
+
+def test_temp_files_of_dead_writers_are_removed_and_nothing_else(tmp_path):
+    """`atomic_path` names its temp file `.<name>.<pid>.<random>[.ext].tmp`; the next writer removes those of
+    dead processes only, never a live one's and never a user's file that merely looks alike."""
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+    target = tmp_path / "loss.png"
+    dead = [tmp_path / f".loss.png.{dead_pid}.k2j4_x9a.tmp", tmp_path / f".loss.png.{dead_pid}.abc.png.tmp"]
+    kept = [tmp_path / f".loss.png.{os.getpid()}.live1234.tmp",  # a live process's
+            tmp_path / ".loss.png.no_pid.tmp", tmp_path / f".other.png.{dead_pid}.abc.tmp",  # other names
+            tmp_path / "loss.png.tmp", tmp_path / "notes.txt"]
+    for p in dead + kept:
+        p.write_text("x")
+    with fileio.atomic_path(target) as tmp:
+        assert tmp.name.startswith(f".loss.png.{os.getpid()}.") and tmp.name.endswith(".tmp")
+        tmp.write_bytes(b"png")
+    fileio.clean_stale(target)
+    assert not any(p.exists() for p in dead)
+    assert all(p.read_text() == "x" for p in kept) and target.read_bytes() == b"png"
