@@ -1,7 +1,7 @@
 """SIGKILL a command before each of its file-system steps, for the kill tests (prepare, train, export).
 
-A warm "zygote" process imports scratchgpt (and whatever else the command needs) once and forks one run of
-the command per trial; in the fork, every gated function (each rename, fsync, link, removal, exchange, or a
+A warm "zygote" process imports scratchgpt (and whatever else the command needs) once, optionally runs a
+warm-up command (so that lazy imports and caches are paid once), and forks one run of the command per trial; in the fork, every gated function (each rename, fsync, link, removal, exchange, or a
 module's own writer) first reports itself and waits for a go-ahead. Trial k is killed with SIGKILL just
 before its k-th step, so trials k = 1, 2, ... until one runs to the end cover every moment between two steps.
 """
@@ -21,8 +21,14 @@ import importlib, json, os, sys
 from scratchgpt import cli, fileio
 
 argv, exchange, preload, gates = json.loads(sys.argv[1]), sys.argv[2] == "1", json.loads(sys.argv[3]), json.loads(sys.argv[4])
+warmup = json.loads(sys.argv[5])
 for name in preload:
     importlib.import_module(name)
+if warmup:  # run once here what every fork would otherwise do for the first time (lazy imports, font caches)
+    err = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    assert cli.main(warmup) == 0
+    os.dup2(err, 2)
 
 def line():
     out = b""
@@ -77,11 +83,11 @@ FS_GATES = ["os.fsync", "os.replace", "os.rename", "os.link", "shutil.rmtree"]
 
 class Zygote:
     def __init__(self, argv: list[str], cwd: Path, gates: list[str], exchange: bool = True,
-                 preload: tuple[str, ...] = ()):
+                 preload: tuple[str, ...] = (), warmup: list[str] | None = None):
         env = {**os.environ, "MPLBACKEND": "Agg",
                "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, json.dumps(argv), "1" if exchange else "0",
-                                      json.dumps(list(preload)), json.dumps(gates)],
+                                      json.dumps(list(preload)), json.dumps(gates), json.dumps(warmup or [])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, cwd=cwd, env=env)
 
     def read(self) -> str:

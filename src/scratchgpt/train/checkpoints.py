@@ -79,9 +79,12 @@ def drop_staging(run: TrainingRun) -> None:
 
 
 def _trim_metrics(path: Path, step: int) -> None:
+    """Drop the rows after the checkpoint (and lines a crash cut or damaged); rewritten only when some go."""
     if path.is_file():
-        rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        rows = read_metrics(path)
+        kept = [r for r in rows if r.get("step", 0) <= step]
+        if len(kept) < len(rows) or len(rows) < len(path.read_bytes().splitlines()):
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def restore(run: TrainingRun, run_dir: str | Path) -> None:
