@@ -335,3 +335,45 @@ def test_interrupted_in_process_raises_with_the_signal(small_text_dir, tmp_path,
     assert e.value.exit_code == 128 + signal.SIGHUP and "SIGHUP at step 2" in str(e.value)
     assert torch.equal(load_file(tmp_path / "run" / ckpt.MODEL)["wte.weight"],
                        load_file(tmp_path / "run" / ckpt.STATE)["model.wte.weight"])
+
+
+def test_resume_into_another_directory_leaves_the_source_run(trained, tmp_path, capsys):
+    """`--resume RUN --out OTHER` continues a copy: OTHER is a new run directory (refused if it holds a run),
+    RUN is not written."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(trained, run)
+    before = snapshot(run)
+    assert cli_main(["train", "--resume", str(run), "--out", str(other), "--quiet", "--train.max_iters=6"]) == 0
+    capsys.readouterr()
+    assert snapshot(run) == before
+    assert ckpt.read_trainer_info(other)["step"] == 6 and ckpt.read_config(other).train.max_iters == 6
+    assert (other / ckpt.TOKENIZER).read_bytes() == before[ckpt.TOKENIZER]
+    assert cli_main(["train", "--resume", str(run), "--out", str(other), "--quiet", "--train.max_iters=6"]) == 2
+    assert "already holds a run" in one_error(capsys)
+
+
+def test_a_signal_during_set_up_saves_after_the_first_step(small_text_dir, tmp_path, monkeypatch):
+    from conftest import tiny_config
+
+    real = loop.build_run
+
+    def build_run(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)  # while the model is being built
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "build_run", build_run)
+    with pytest.raises(Interrupted, match="SIGTERM at step 1"):
+        loop.train(tiny_config(small_text_dir, max_iters=50), out_dir=tmp_path / "run", progress=False)
+    assert ckpt.read_trainer_info(tmp_path / "run")["step"] == 1
+
+
+def test_force_through_a_symlink_replaces_the_real_directory(trained, small_text_dir, tmp_path, capsys):
+    real, link = tmp_path / "real", tmp_path / "link"
+    shutil.copytree(trained, real)
+    link.symlink_to(real)
+    assert cli_main(["train", str(recipe(tmp_path, small_text_dir, name="new", seed=7)), "--out", str(link),
+                     "--force", "--quiet"]) == 0
+    capsys.readouterr()
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert ckpt.read_config(link).name == "new" and ckpt.read_trainer_info(real)["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "new.toml", "real"]

@@ -66,7 +66,9 @@ def start_run_dir(run: TrainingRun, resumed_in_place: bool, replaces: bool) -> N
             run.staging = staging_dir(run.run_dir)
         else:
             run.run_dir.mkdir(parents=True, exist_ok=True)
-            for name in RUN_FILES:  # not a run (no config.json): leftovers, never the new run's "best" weights
+            # no config.json, so no run: what a run killed before its first checkpoint left goes (its weights
+            # must never pass for this run's best); tokenizer.json is simply replaced at the first checkpoint
+            for name in set(RUN_FILES) - {ckpt.CONFIG, ckpt.TOKENIZER}:
                 (run.run_dir / name).unlink(missing_ok=True)
     D.barrier(run.dist, run.rt.device)  # nobody logs into a file rank 0 is still trimming
 

@@ -8,6 +8,7 @@ and resumes, `stop.py` catches signals. Does not parse command-line flags (`cli.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
         if resume is not None:
             ownership.check_resume(cfg, resume)
         replaces = not in_place and ownership.check_target(run_dir, force)
+        if replaces and run_dir.is_symlink():
+            run_dir = Path(os.path.realpath(run_dir))  # the real directory is the one replaced
         dist = D.world_from_env()
         D.check_launch(t, dist)
         rt = runtime.setup(t.device, t.dtype, threads=t.threads, compile=t.compile,
