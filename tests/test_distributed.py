@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -135,6 +136,55 @@ def test_a_rank_that_dies_ends_the_job_with_one_sentence(runs, tmp_path):
     assert "error: rank 0 lost contact with the other ranks" in err
     assert "Traceback" not in err
     assert time.time() - start < 120
+
+
+SLOW_STEPS = ("import sys, time\nfrom scratchgpt.cli import main\nfrom scratchgpt.train import loop\n"
+              "real = loop.train_step\n"
+              "def step(*a, **k):\n    time.sleep(0.05)\n    return real(*a, **k)\n"
+              "loop.train_step = step\nsys.exit(main(sys.argv[1:]))\n")  # a few steps per poll of the test
+
+
+@pytest.mark.parametrize("targets", [(1,), (0, 1)], ids=["to_rank_1", "to_every_rank"])
+def test_sigterm_to_ranks_saves_one_checkpoint_and_every_rank_exits(runs, tmp_path, targets):
+    """SIGTERM to one rank (the one that does not write) or to all: the ranks agree at the next log step, rank
+    0 saves one checkpoint, every rank says why it stopped and exits 143; one process resumes it and follows
+    the uninterrupted run."""
+    port = _free_port()
+    run = tmp_path / "run"
+    args = ["train", str(_recipe(tmp_path, runs["data"])), "--out", str(run), "--quiet", "--train.max_iters=1000",
+            "--train.eval_interval=1000"]
+    procs = []
+    for rank in (0, 1):
+        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *args], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and all(p.poll() is None for p in procs) and len(_curve(run) if (
+                run / "metrics.jsonl").is_file() else {}) < 2:
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        for rank in targets:
+            procs[rank].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for rank, (p, err) in enumerate(zip(procs, errs, strict=True)):
+        why = "SIGTERM" if rank in targets else "a signal to another rank"
+        assert p.returncode == 143 and f"error: stopped by {why} at step" in err and "Traceback" not in err, err
+    state = json.loads((run / "trainer_state.json").read_text())
+    stopped = state["step"]
+    assert state["world_size"] == 2 and max(_curve(run)) == stopped < 12
+    from scratchgpt.checkpoint import read_config
+
+    train(read_config(run, ["--train.max_iters=12"]), resume=run, progress=False)
+    resumed, straight = _curve(run), _curve(runs["one"])
+    assert sorted(resumed) == list(range(1, 13))
+    np.testing.assert_allclose([resumed[s] for s in range(1, 13)], [straight[s] for s in range(1, 13)], rtol=TOL)
 
 
 def test_world_size_that_does_not_divide_the_batch_is_one_sentence(small_text_dir, monkeypatch, capsys, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -208,37 +209,51 @@ def test_bigram_learns_the_small_corpus(small_text_dir, tmp_path):
     assert result.last_eval["val"] < 3.0 < first["val_loss"]
 
 
-# ---- Ctrl-C -----------------------------------------------------------------------------------------
+# ---- Ctrl-C, SIGTERM, SIGHUP -------------------------------------------------------------------------
 
-def test_ctrl_c_saves_and_resume_continues(small_text_dir, tmp_path):
+def signal_recipe(data_dir: Path, tmp_path: Path, eval_interval: int = 100000) -> Path:
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(
-        f'[data]\ndir = "{small_text_dir}"\n'
+        f'[data]\ndir = "{data_dir}"\n'
         "[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\ndropout = 0.1\n"
-        "[train]\nmax_iters = 1000000\nlr_decay_iters = 1000\nbatch_size = 4\nlog_interval = 1\neval_interval = 100000\n"
-        'eval_iters = 2\nwarmup_iters = 2\ndevice = "cpu"\n'
+        "[train]\nmax_iters = 1000000\nlr_decay_iters = 1000\nbatch_size = 4\nlog_interval = 1\n"
+        f'eval_interval = {eval_interval}\neval_iters = 2\nwarmup_iters = 2\ndevice = "cpu"\n'
     )
+    return recipe
+
+
+def wait_for(proc: subprocess.Popen, ready, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    assert ready(), "the run never got there"
+
+
+def metrics_lines(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return metrics.read_text().count("\n") if metrics.is_file() else 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_saves_and_resume_continues_exactly(small_text_dir, tmp_path, signum):
+    """Ctrl-C, `kill` (docker stop, SLURM, systemd) and a closed terminal: save, say so, exit 128 + signal."""
+    recipe = signal_recipe(small_text_dir, tmp_path)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "scratchgpt.cli", "train", str(recipe), "--out", str(run), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
-            metrics = run / "metrics.jsonl"
-            if metrics.is_file() and metrics.read_text().count("\n") >= 1:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
+        wait_for(proc, lambda: metrics_lines(run) >= 1)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
-    assert "stopped by SIGINT at step" in err and "--resume" in err
+    assert f"stopped by {signum.name} at step" in err and "--resume" in err
     state = json.loads((run / ckpt.STATE_JSON).read_text())
     stopped = state["step"]
     assert stopped >= 1
@@ -256,6 +271,55 @@ def test_ctrl_c_saves_and_resume_continues(small_text_dir, tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in rows(straight, "train")]
     a, b = load_file(run / ckpt.MODEL), load_file(straight / ckpt.MODEL)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+SLOW_SIGNAL_SAVE = r"""
+import os, sys, time
+from scratchgpt.cli import main
+from scratchgpt.train import checkpoints
+real_save, real_replace, saving = checkpoints.save, os.replace, []
+def save(run, eval_losses, *a, **k):
+    saving.append(eval_losses is None)  # None: the save a first signal asks for
+    return real_save(run, eval_losses, *a, **k)
+def replace(*a, **k):  # inside that save, each file is written and then waits to be renamed into place
+    if saving and saving[-1]:
+        print("writing", file=sys.stderr, flush=True)
+        time.sleep(120)
+    return real_replace(*a, **k)
+checkpoints.save, os.replace = save, replace
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(small_text_dir, tmp_path):
+    recipe = signal_recipe(small_text_dir, tmp_path, eval_interval=3)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SIGNAL_SAVE, "train", str(recipe), "--out", str(run), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    err = b""
+    try:
+        wait_for(proc, lambda: (run / ckpt.STATE_JSON).is_file())  # the checkpoint at step 3 is whole
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + 60
+        while b"writing\n" not in err and time.time() < deadline:  # the first signal's save is under way
+            if select.select([proc.stderr], [], [], 1)[0]:
+                err += os.read(proc.stderr.fileno(), 65536) or b""
+        assert b"writing\n" in err, err
+        proc.send_signal(signal.SIGTERM)
+        err += proc.communicate(timeout=60)[1]  # not the 120 s the write would wait
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert text.strip().splitlines()[-1] == ("error: stopped at once by a second SIGTERM, without saving; the last "
+                                             "checkpoint is kept") and "Traceback" not in text, text
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []  # the half-done write was removed
+    step = ckpt.read_trainer_info(run)["step"]
+    assert step % 3 == 0 and ckpt.load_model(run, which="last")[0] is not None  # an evaluation's checkpoint
+    assert cli_main(["train", "--resume", str(run), "--quiet", f"--train.max_iters={step + 2}"]) == 0
 
 
 def test_device_names():

@@ -124,6 +124,9 @@ def write_run_header(run_dir: str | Path, cfg: Config, tokenizer: Tokenizer | No
 def read_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
     run = Path(run_dir)
     if not run.is_dir() or not (run / CONFIG).is_file():
+        if (run / "metrics.jsonl").is_file():  # config.json comes with a run's first complete checkpoint
+            raise CheckpointError(f"'{run}' holds no checkpoint yet: the run training there has not completed its "
+                                  "first one (if it was killed, start it again, without --resume)")
         raise CheckpointError(f"'{run}' is not a run directory (no {CONFIG}); pass a directory `scratchgpt train` wrote")
     try:
         raw = json.loads((run / CONFIG).read_text(encoding="utf-8"))
@@ -138,14 +141,28 @@ def read_config(run_dir: str | Path, overrides: list[str] | None = None) -> Conf
         raise CheckpointError(f"'{run / CONFIG}' is damaged: {e}") from None
 
 
-def read_tokenizer(run_dir: str | Path) -> Tokenizer:
+def read_tokenizer_json(run_dir: str | Path) -> dict[str, Any]:
+    """tokenizer.json as written (one sentence naming the file when it is missing or damaged)."""
     path = Path(run_dir) / TOKENIZER
     try:
-        return tokenizer_from_json(json.loads(path.read_text(encoding="utf-8")))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"'{run_dir}' has no {TOKENIZER}") from None
-    except ValueError:
+    except ValueError:  # not JSON, or not UTF-8
         raise CheckpointError(f"'{path}' is damaged") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"'{path}' is damaged")
+    return raw
+
+
+def read_tokenizer(run_dir: str | Path) -> Tokenizer:
+    raw = read_tokenizer_json(run_dir)
+    try:
+        return tokenizer_from_json(raw)
+    except CheckpointError as e:
+        raise CheckpointError(f"'{Path(run_dir) / TOKENIZER}' is damaged: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"'{Path(run_dir) / TOKENIZER}' is damaged") from None
 
 
 def weights_path(run_dir: str | Path, which: str = "best") -> Path:
@@ -185,6 +202,20 @@ def save_trainer_state(run_dir: str | Path, model: nn.Module, optimizer: torch.o
     with atomic_path(run / STATE) as tmp:
         save_file(out, str(tmp), metadata={"info": json.dumps(info)})
     atomic_write_json(run / STATE_JSON, {k: v for k, v in info.items() if k != "param_groups"})
+
+
+def read_trainer_info(run_dir: str | Path) -> dict[str, Any]:
+    """The trainer state's info (step, best val, elapsed...) from the header of trainer_state.safetensors alone:
+    the file resume reads, not its readable copy, which may be older or damaged."""
+    path = Path(run_dir) / STATE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {})["info"])
+    except (SafetensorError, OSError, ValueError, KeyError):
+        raise CheckpointError(f"'{path}' is missing or not a scratchgpt trainer state") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"'{path}' is not a scratchgpt trainer state")
+    return info
 
 
 def load_trainer_state(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -73,7 +73,8 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str], launch: float) ->
         raise UserError("`train` needs a recipe (e.g. configs/shakespeare_char_cpu.toml) or --resume RUN_DIR")
     from .console import echo
 
-    result = train(cfg, out_dir=args.out, resume=args.resume, launch_time=launch, progress=not args.quiet)
+    result = train(cfg, out_dir=args.out, resume=args.resume, launch_time=launch, progress=not args.quiet,
+                   force=args.force)
     echo(f"done: step {result.step}, best val loss {result.best_val:.4f}, {result.elapsed:.1f} s; "
          f"run directory {result.run_dir}")  # rank 0 only under torchrun
     return 0
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue exactly from a run directory")
     pt.add_argument("--out", help="run directory (default runs/<recipe name>)")
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    pt.add_argument("--force", action="store_true",
+                    help="replace the run already in the run directory (it stays until the new run's first checkpoint)")
 
     pb = sub.add_parser("bench", help="training speed of a recipe on random tokens: tokens/s, ms/step, MFU, memory")
     pb.add_argument("config", help="recipe, e.g. configs/gpt2_124m_bench.toml; --section.key=value overrides any key")
@@ -396,9 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C outside training, or a second signal during it (train/stop.py)
+        print(f"error: {e or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
     except OSError as e:  # the last resort for a full or read-only disk that no writer turned into a sentence
         if e.errno not in DISK_ERRNOS:
             raise

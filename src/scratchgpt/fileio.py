@@ -4,8 +4,9 @@ Owns `atomic_write_bytes`, `atomic_write_text`, `atomic_path` (a context manager
 path, such as safetensors and matplotlib), `atomic_dir` (a whole directory, such as an export or a prepared
 data directory), `append_text` (a log line), `writing` (the one place a refused write becomes one sentence),
 `read_utf8` (a whole input file as text, or one clear `DataError`) and `sha256_file`. A crash mid-write
-leaves the old file as it was and at worst a stray `*.tmp` file, never a damaged target. Does not own what is
-written.
+leaves the old file as it was and at worst a stray `.<name>.<pid>.<random>.tmp` file, never a damaged target;
+`clean_stale(target)` removes such leftovers of dead processes (every `atomic_dir` call does it first; training
+does it for its run directory's files). Does not own what is written.
 
 Disks: every writer here runs inside `writing`, which turns an OSError (ENOSPC, EROFS, EACCES, a parent
 that cannot be created; also safetensors' own wrapping of one) into a `DiskError` naming the path, the
@@ -13,9 +14,10 @@ system's reason and what was kept: "could not write 'x': No space left on device
 
 Directories: `atomic_dir` builds into `.<name>.<pid>.<random>.tmp` beside the target and swaps it in with
 one `renameat2(RENAME_EXCHANGE)` where Linux offers it, so the target is always the old directory or the new
-one, never absent or mixed. Elsewhere it renames the old one aside first (`.<name>.<pid>.<random>.old/x`)
-and a crash between the two renames is repaired by the next call for the same target. That next call also
-removes any staging left by a process that is no longer alive.
+one, never absent or mixed (`staging_dir` and `swap_in` are its two halves, for a writer that builds over a
+longer time, such as a training run replacing another). Elsewhere it renames the old one aside first
+(`.<name>.<pid>.<random>.old/x`) and a crash between the two renames is repaired by the next call for the same
+target. That next call also removes any staging left by a process that is no longer alive.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f"{suffix}.tmp", dir=target.parent)
+        # the pid in the name lets the next writer of target tell a dead process's leftover (`clean_stale`)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=f"{suffix}.tmp",
+                                        dir=target.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -153,16 +157,24 @@ def _alive(pid: int) -> bool:
 
 
 def clean_stale(target: str | Path) -> None:
-    """Remove what a killed `atomic_dir` for target left beside it, and put back an old directory that a crash
-    between two renames left aside (only where the rename could not be one atomic exchange)."""
+    """Remove what a killed writer of target left beside it: an `atomic_dir` staging or set-aside directory
+    (`.<name>.<pid>.<random>.tmp` / `.old`) or an `atomic_path` temp file (`.<name>.<pid>.<random>[.ext].tmp`),
+    of processes that are no longer alive; put back an old directory that a crash between two renames left
+    aside (only where the rename could not be one atomic exchange). Nothing else is touched: not a live
+    process's files, not a name that does not follow this pattern."""
     target = Path(target)
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+\.(tmp|old)")
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+(\.[^.]+)?\.(tmp|old)")
     with contextlib.suppress(OSError):
         for p in sorted(target.parent.iterdir(), key=lambda p: p.name.endswith(".tmp")):  # .old first
             m = pattern.fullmatch(p.name)
-            if not m or not p.is_dir() or p.is_symlink() or _alive(int(m.group(1))):
+            if not m or p.is_symlink() or _alive(int(m.group(1))):
                 continue
-            if m.group(2) == "old" and (p / "x").exists() and not (target.exists() or target.is_symlink()):
+            if p.is_file() and m.group(3) == "tmp":
+                p.unlink()
+                continue
+            if not p.is_dir() or m.group(2):
+                continue
+            if m.group(3) == "old" and (p / "x").exists() and not (target.exists() or target.is_symlink()):
                 os.replace(p / "x", target)
                 _fsync_dir(target.parent)
             shutil.rmtree(p, ignore_errors=True)
@@ -173,6 +185,51 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:  # another filesystem, or links not allowed
         shutil.copy2(src, dst)
+
+
+def staging_dir(target: str | Path) -> Path:
+    """A new empty directory beside target (`.<name>.<pid>.<random>.tmp`) to build its replacement in, made
+    after removing what dead processes left there (`clean_stale`). `swap_in` puts it in target's place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+
+
+def swap_in(staging: Path, target: Path, carry: Callable[[str], bool] | None = None) -> None:
+    """Make the finished `staging` directory target, in one atomic exchange where Linux offers it (target is
+    always the old directory or the new one), then remove the old one. `carry(name)` picks entries of the old
+    target to bring along (hard links where possible); staging's files are fsynced first."""
+    if carry is not None and target.is_dir():
+        for entry in target.iterdir():
+            if carry(entry.name) and not (staging / entry.name).exists():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, staging / entry.name, symlinks=True, copy_function=_link_or_copy)
+                elif entry.is_symlink():
+                    os.symlink(os.readlink(entry), staging / entry.name)
+                else:
+                    _link_or_copy(str(entry), str(staging / entry.name))
+    for f in staging.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+            if f.stat().st_nlink == 1:  # a carried hard link keeps its own mode
+                os.chmod(f, 0o666 & ~_umask())  # some writers (safetensors) make 0600
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
+    _fsync_dir(staging)
+    old = None
+    try:
+        if not (target.exists() or target.is_symlink()):
+            os.rename(staging, target)
+        elif not _exchange(staging, target):  # else staging now holds the old directory, removed below
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(staging, target)
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -186,40 +243,12 @@ def atomic_dir(target: str | Path, carry: Callable[[str], bool] | None = None) -
     target = Path(os.path.realpath(target)) if Path(target).is_symlink() else Path(target)
     kept = f"the previous contents of '{target}' are unchanged" if target.exists() else "nothing was written"
     with writing(target, kept):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
-        old = None
+        tmp = staging_dir(target)
         try:
             yield tmp
-            if carry is not None and target.is_dir():
-                for entry in target.iterdir():
-                    if carry(entry.name) and not (tmp / entry.name).exists():
-                        if entry.is_dir() and not entry.is_symlink():
-                            shutil.copytree(entry, tmp / entry.name, symlinks=True, copy_function=_link_or_copy)
-                        elif entry.is_symlink():
-                            os.symlink(os.readlink(entry), tmp / entry.name)
-                        else:
-                            _link_or_copy(str(entry), str(tmp / entry.name))
-            for f in tmp.rglob("*"):
-                if f.is_file() and not f.is_symlink():
-                    with open(f, "rb+") as fh:
-                        os.fsync(fh.fileno())
-                    if f.stat().st_nlink == 1:  # a carried hard link keeps its own mode
-                        os.chmod(f, 0o666 & ~_umask())  # some writers (safetensors) make 0600
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-            _fsync_dir(tmp)
-            if not (target.exists() or target.is_symlink()):
-                os.rename(tmp, target)
-            elif not _exchange(tmp, target):  # tmp now holds the old directory, removed below
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old", dir=target.parent))
-                os.replace(target, old / "x")
-                os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            swap_in(tmp, target, carry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- files ----------------------------------------------------------------------------------------------

@@ -153,9 +153,10 @@ def _run_identity(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _trained_step(run_dir: Path) -> int:
+    """The step of the run's checkpoint (from the trainer state resume reads, not its readable copy), or -1."""
     try:
-        return int(json.loads((run_dir / ckpt.STATE_JSON).read_text(encoding="utf-8"))["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(ckpt.read_trainer_info(run_dir)["step"])
+    except (UserError, KeyError, TypeError, ValueError):
         return -1
 
 
@@ -193,13 +194,13 @@ def _train_step(step: Step, cfg: Config, run_dir: Path, identity: dict[str, Any]
     resume = run_dir if same_run(_run_identity(run_dir), identity) and 0 <= _trained_step(run_dir) else None
     prior = 0.0
     if resume is not None:
-        prior = float(json.loads((run_dir / ckpt.STATE_JSON).read_text(encoding="utf-8")).get("elapsed", 0.0))
+        prior = float(ckpt.read_trainer_info(run_dir).get("elapsed", 0.0))
         echo(f"resuming {step.name} from step {_trained_step(run_dir)}")
     wall, cpu = time.time(), time.process_time()
     if _trained_step(run_dir) < cfg.train.max_iters or resume is None:
-        train(cfg, out_dir=run_dir, resume=resume, progress=progress)
+        train(cfg, out_dir=run_dir, resume=resume, progress=progress, force=resume is None)  # a stale step goes
     wall, cpu = time.time() - wall + prior, time.process_time() - cpu
-    state = json.loads((run_dir / ckpt.STATE_JSON).read_text(encoding="utf-8"))
+    state = ckpt.read_trainer_info(run_dir)
     model, tok, _ = ckpt.load_model(run_dir, which="last", device=device)
     sample = generate(model, tok, "", max_new_tokens=SAMPLE_CHARS, temperature=1.0, seed=SAMPLE_SEED)
     result = {

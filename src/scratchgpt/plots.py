@@ -14,21 +14,26 @@ from .fileio import atomic_path
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics.jsonl; lines that are not JSON objects (cut by a crash, or damaged) are skipped,
-    since the log is optional to everything that reads it."""
+    """The rows of a metrics log. The log is optional: a line that is cut (a crash mid-append), not UTF-8 or
+    not a JSON object is skipped, and an unreadable file reads as empty."""
+    path = Path(path)
     try:
-        text = Path(path).read_bytes().decode("utf-8", errors="replace")
+        raw = path.read_bytes()
     except OSError:
         return []
     rows = []
-    for line in text.splitlines():
+    for line in raw.splitlines():
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError too
             continue  # a line cut by a crash; the rest is still good
-        if isinstance(row, dict):
+        if isinstance(row, dict) and isinstance(row.get("step", 0), int):
             rows.append(row)
     return rows
+
+
+def _numbers(row: dict, *keys: str) -> bool:
+    return all(isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in keys)
 
 
 def pyplot():
@@ -54,8 +59,8 @@ def save_figure(fig, ax, png_path: str | Path) -> None:
 def plot_loss(metrics_path: str | Path, png_path: str | Path, title: str = "") -> None:
     plt = pyplot()
     rows = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
-    evals = [r for r in rows if r.get("kind") == "eval"]
+    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train" and _numbers(r, "step", "loss")]
+    evals = [r for r in rows if r.get("kind") == "eval" and _numbers(r, "step", "train_loss", "val_loss")]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         ax.plot(*zip(*train, strict=True), color="tab:blue", alpha=0.35, lw=1, label="train (batch)")

@@ -4,6 +4,7 @@
     step.py         one optimizer step: micro-steps, gradient accumulation, clipping, the optimizer
     evaluate.py     the mean loss on train and val
     checkpoints.py  what training writes: the run directory's header, metrics, checkpoints; and resuming
+    ownership.py    who may write into a run directory (--force), and what a resume may change
     stop.py         SIGINT / SIGTERM / SIGHUP: save and stop after the current step
     loop.py         `train`: the loop, top to bottom
 

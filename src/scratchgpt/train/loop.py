@@ -8,6 +8,7 @@ and resumes, `stop.py` catches signals. Does not parse command-line flags (`cli.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from ..console import echo
 from ..errors import Interrupted, UserError
 from ..flops import flops_per_token, matmul_params, mfu
 from ..optim import lr_at, set_lr
-from . import checkpoints
+from . import checkpoints, ownership
 from .checkpoints import MetricsLog
 from .run import TrainingRun, build_run, parallelize
 from .step import Batches, train_step
@@ -40,33 +41,49 @@ class TrainResult:
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | None = None,
-          launch_time: float | None = None, progress: bool = True) -> TrainResult:
+          launch_time: float | None = None, progress: bool = True, force: bool = False) -> TrainResult:
     """Train per cfg into out_dir (default runs/<name>), optionally continuing exactly from a run directory.
 
-    Under torchrun (WORLD_SIZE > 1 in the environment) this joins the process group, trains with DDP (or
-    FSDP) and leaves the group at the end; see the package docstring for what batch size and resume mean.
+    A new run refuses a directory that holds another run unless `force`; then the old run stays whole until
+    the new run's first checkpoint replaces it. A resume refuses changes to the run's tokenizer and model
+    (`ownership.py`). Under torchrun (WORLD_SIZE > 1 in the environment) this joins the process group,
+    trains with DDP (or FSDP) and leaves the group at the end; see the package docstring for what batch
+    size and resume mean.
     """
     launch = launch_time if launch_time is not None else time.time()
     t = cfg.train
-    dist = D.world_from_env()
-    D.check_launch(t, dist)
-    rt = runtime.setup(t.device, t.dtype, threads=t.threads, compile=t.compile,
-                       local_rank=dist.local_rank if dist.enabled else None)
-    dist = D.setup(dist, rt.device.type, t.dist_timeout)
-    try:
-        with D.collective_errors(dist, t.dist_timeout):
-            run_dir = Path(out_dir or resume or t.out_dir or f"runs/{cfg.name}")
-            run = build_run(cfg, rt, dist, run_dir, pretrained=resume is None)
-            if resume:
-                checkpoints.restore(run, resume)
-            checkpoints.start_run_dir(run, resumed=resume is not None)
-            parallelize(run, resumed=resume is not None)
-            return _loop(run, launch, progress)
-    finally:
-        D.teardown(dist)
+    run_dir = Path(out_dir or resume or t.out_dir or f"runs/{cfg.name}")
+    in_place = resume is not None and run_dir.resolve() == Path(resume).resolve()
+    if force and in_place:
+        raise UserError("--force starts a new run over an existing one; --resume continues the run in its own "
+                        "directory and needs no --force")
+    with StopSignals() as stop:  # from the start: a signal during set-up stops after the first step, saved
+        if resume is not None:
+            ownership.check_resume(cfg, resume)
+        replaces = not in_place and ownership.check_target(run_dir, force)
+        if replaces and run_dir.is_symlink():
+            run_dir = Path(os.path.realpath(run_dir))  # the real directory is the one replaced
+        dist = D.world_from_env()
+        D.check_launch(t, dist)
+        rt = runtime.setup(t.device, t.dtype, threads=t.threads, compile=t.compile,
+                           local_rank=dist.local_rank if dist.enabled else None)
+        dist = D.setup(dist, rt.device.type, t.dist_timeout)
+        try:
+            with D.collective_errors(dist, t.dist_timeout):
+                run = build_run(cfg, rt, dist, run_dir, pretrained=resume is None)
+                if resume:
+                    checkpoints.restore(run, resume)
+                checkpoints.start_run_dir(run, in_place, replaces)
+                try:
+                    parallelize(run, resumed=resume is not None)
+                    return _loop(run, launch, progress, stop)
+                finally:
+                    checkpoints.drop_staging(run)  # stopped before a replacing run's first checkpoint
+        finally:
+            D.teardown(dist)
 
 
-def _loop(run: TrainingRun, launch: float, progress: bool) -> TrainResult:
+def _loop(run: TrainingRun, launch: float, progress: bool, stop: StopSignals) -> TrainResult:
     t, dist = run.cfg.train, run.dist
     log = MetricsLog(run)
     speed = _Speedometer(run)
@@ -76,44 +93,43 @@ def _loop(run: TrainingRun, launch: float, progress: bool) -> TrainResult:
         _evaluate(run, log, lr_at(0, t), launch)  # the untrained model's loss: about ln(vocab) when the init is right
     bar = tqdm(total=t.max_iters, initial=run.step, disable=not (progress and dist.is_main), unit="step",
                dynamic_ncols=True)
-    with StopSignals() as stop:
-        while run.step < t.max_iters:
-            time_frac = (time.time() - launch) / t.time_limit if t.schedule_by_time else None
-            lr = set_lr(run.optimizer, run.step, t, time_frac)
-            loss = train_step(run.model, run.forward, run.optimizer, batches, t, run.rt, run.grad_sync)
-            run.step += 1
-            log_step = run.step % t.log_interval == 0 or run.step == t.max_iters
-            out_of_time = t.time_limit > 0 and time.time() - launch >= t.time_limit
-            signum = stop.requested
-            if dist.enabled:  # every rank must take the same branch; agree at log steps only (a sync)
-                out_of_time, signum = _agree(run, log_step, out_of_time, signum)
-            last = run.step == t.max_iters or out_of_time or signum is not None
-            if log_step or last:
-                lossf = D.mean_float(dist, loss.item(), run.rt.device)
-                _check_finite(lossf, "training loss", run)
-                row = {"kind": "train", "step": run.step, "loss": lossf, "lr": lr, **speed.measure(run.step),
-                       "elapsed": round(time.time() - launch, 3)}
-                log.write(row)
-                bar.set_postfix(speed.postfix(row), refresh=False)
-            bar.update(1)
-            if signum is not None:
-                checkpoints.save(run, None, batches.state(), launch)
-                bar.close()
-                raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {run.step}; checkpoint saved "
-                                  f"in '{run.run_dir}' (continue with `scratchgpt train --resume {run.run_dir}`)",
-                                  signum)
-            if run.step % t.eval_interval == 0 or last:
-                last_eval = _evaluate(run, log, lr, launch)
-                checkpoints.save(run, last_eval, batches.state(), launch)
-                if t.stop_val_loss > 0 and last_eval["val"] <= t.stop_val_loss:
-                    stopped = "target"
-                    echo(f"val loss {last_eval['val']:.4f} <= {t.stop_val_loss:g} at step {run.step}, "
-                         f"{time.time() - launch:.1f} s after launch")
-                    break
-            if out_of_time:
-                stopped = "time_limit"
-                echo(f"time limit of {t.time_limit:g} s reached at step {run.step}")
+    while run.step < t.max_iters:
+        time_frac = (time.time() - launch) / t.time_limit if t.schedule_by_time else None
+        lr = set_lr(run.optimizer, run.step, t, time_frac)
+        loss = train_step(run.model, run.forward, run.optimizer, batches, t, run.rt, run.grad_sync)
+        run.step += 1
+        log_step = run.step % t.log_interval == 0 or run.step == t.max_iters
+        out_of_time = t.time_limit > 0 and time.time() - launch >= t.time_limit
+        signum = stop.requested
+        if dist.enabled:  # every rank must take the same branch; agree at log steps only (a sync)
+            out_of_time, signum = _agree(run, log_step, out_of_time, signum)
+        last = run.step == t.max_iters or out_of_time or signum is not None
+        if log_step or last:
+            lossf = D.mean_float(dist, loss.item(), run.rt.device)
+            _check_finite(lossf, "training loss", run)
+            row = {"kind": "train", "step": run.step, "loss": lossf, "lr": lr, **speed.measure(run.step),
+                   "elapsed": round(time.time() - launch, 3)}
+            log.write(row)
+            bar.set_postfix(speed.postfix(row), refresh=False)
+        bar.update(1)
+        if signum is not None:
+            checkpoints.save(run, None, batches.state(), launch)
+            bar.close()
+            why = signal.Signals(signum).name if stop.requested else "a signal to another rank"
+            raise Interrupted(f"stopped by {why} at step {run.step}; checkpoint saved in '{run.run_dir}' "
+                              f"(continue with `scratchgpt train --resume {run.run_dir}`)", signum)
+        if run.step % t.eval_interval == 0 or last:
+            last_eval = _evaluate(run, log, lr, launch)
+            checkpoints.save(run, last_eval, batches.state(), launch)
+            if t.stop_val_loss > 0 and last_eval["val"] <= t.stop_val_loss:
+                stopped = "target"
+                echo(f"val loss {last_eval['val']:.4f} <= {t.stop_val_loss:g} at step {run.step}, "
+                     f"{time.time() - launch:.1f} s after launch")
                 break
+        if out_of_time:
+            stopped = "time_limit"
+            echo(f"time limit of {t.time_limit:g} s reached at step {run.step}")
+            break
     bar.close()
     return TrainResult(run.run_dir, run.step, run.best_val, last_eval, time.time() - launch, stopped)
 

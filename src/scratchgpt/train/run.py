@@ -51,6 +51,16 @@ class TrainingRun:
     grad_sync: Callable[[bool], contextlib.AbstractContextManager] = no_grad_sync
     step: int = 0
     best_val: float = math.inf
+    # until the first checkpoint of a run that replaces another (`train --force`), rank 0 writes into a staging
+    # directory beside run_dir, which that checkpoint swaps in whole (`checkpoints.py`)
+    staging: Path | None = None
+    header_pending: bool = True  # config.json and tokenizer.json are written with the first checkpoint
+    n_params: int = 0  # recorded in config.json (counted before FSDP shards the model)
+
+    @property
+    def write_dir(self) -> Path:
+        """Where the run's files go now: the staging directory, or run_dir."""
+        return self.staging or self.run_dir
 
     @property
     def tokens_per_step(self) -> int:
@@ -84,6 +94,7 @@ def build_run(cfg: Config, rt: Runtime, dist: D.DistContext, run_dir: Path, pret
         BatchLoader(cfg.data.dir, "train", block, t.batch_size, rt.device, t.seed, shard),
         Evaluator(cfg.data.dir, block, t.eval_batch_size or t.batch_size, t.eval_iters, rt, t.seed, t.full_val,
                   None if t.fsdp else dist),
+        n_params=model.num_params(),
     )
     echo(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters (position embeddings excluded); "
          f"device {rt.device.type}" + (f" x {dist.world_size} processes" if dist.enabled else "") +

@@ -1,8 +1,10 @@
 """Stopping on a signal: SIGINT (Ctrl-C), SIGTERM (`kill`, `docker stop`, SLURM, systemd) and SIGHUP.
 
-Owns `StopSignals`: while inside it, the first of these signals asks the loop to save a checkpoint and stop
-after the current step; a second one stops at once. Does not own saving (`checkpoints.py`) or the exit
-status (`errors.Interrupted` carries 128 + the signal's number).
+Owns `StopSignals`: while inside it (all of `train`, set-up included), the first of these signals asks the
+loop to save a checkpoint and stop after the current step; a second one stops at once (`StopNow`, a
+`KeyboardInterrupt`: it unwinds through every `finally`, so no temp file or staging directory is left).
+Does not own saving (`checkpoints.py`) or the exit status (`errors.Interrupted` carries 128 + the signal's
+number; the CLI gives `StopNow` the same).
 """
 
 from __future__ import annotations
@@ -11,6 +13,15 @@ import signal
 import threading
 
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+class StopNow(KeyboardInterrupt):
+    """A second signal: stop at once, without saving (the CLI exits with 128 + the signal, as for the first)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}, without saving; the last "
+                         "checkpoint is kept")
+        self.signum = signum
 
 
 class StopSignals:
@@ -28,7 +39,7 @@ class StopSignals:
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested is not None:
-            raise KeyboardInterrupt  # a second signal: stop now, without saving
+            raise StopNow(signum)  # a second signal: stop now, without saving
         self.requested = signum
 
     def __exit__(self, *exc) -> None:
