@@ -40,6 +40,11 @@ class LoadedModel:
         """Yield the continuation piece by piece: `for piece in model.stream("ROMEO:"): print(piece, end="")`."""
         return self.engine.stream(prompt, settings_from(self.defaults, **settings))
 
+    def chat(self, messages: list[dict], *, num_samples: int = 1, **settings) -> str | list[str]:
+        """The assistant's reply to OpenAI-style messages (`[{"role": "user", "content": "hi"}]`), through the
+        chat template of a run fine-tuned on conversations; a list for `num_samples` > 1."""
+        return self.engine.chat(messages, settings_from(self.defaults, **settings), num_samples)
+
     def score(self, text: str, *, stride: int | None = None, batch_size: int = 8) -> TextScore:
         """How well the model predicts `text`: `tokens`, `token_logprobs` (ln p of each token after the first),
         `loss`, `perplexity`, `bits_per_byte` (windows and figures as `scratchgpt eval`: `scratchgpt.evaluate`)."""

@@ -30,11 +30,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .chat import chat_tokenizer
 from .config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from .errors import CheckpointError
 from .fileio import atomic_path, atomic_write_json
 from .memory import check_weights
-from .models import build_model
+from .models import ModelConfig, build_model
 from .tokenizers import Tokenizer, tokenizer_from_json
 
 FORMAT_VERSION = 1
@@ -258,3 +259,46 @@ def resolved_model_config(cfg: Config, vocab_size: int) -> Config:
         raise ConfigError(f"'model.vocab_size' is {m.vocab_size:,} but the data's tokenizer has {vocab_size:,} tokens; "
                           f"it must be at least {vocab_size:,} (or 0 to take it from the data)")
     return cfg
+
+
+# ---- starting from another run (fine-tuning) ---------------------------------------------------------------
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether path is a run directory (it has config.json), as opposed to a Hugging Face name or directory."""
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG).is_file() and (p / TOKENIZER).is_file()
+
+
+def init_from_run(cfg: Config, data_tokenizer: Tokenizer) -> tuple[Config, dict[str, torch.Tensor]]:
+    """Start cfg from the run `model.init_from` names: its model shape (the recipe keeps model.dropout and a
+    model.block_size of at most the run's), its best weights, and room for the tokens the data's tokenizer
+    adds to the run's (a chat template's special tokens): their embedding rows (and head rows) start at the
+    mean of the others, so a new token starts as an average one. The data must be tokenized with the run's
+    tokenizer, or with it plus the chat template."""
+    m, src = cfg.model, Path(cfg.model.init_from)
+    base = read_config(src)
+    if base.model.arch != "gpt":
+        raise ConfigError(f"'model.init_from' = '{src}' is a {base.model.arch} run; fine-tuning needs a gpt run")
+    run_tok = read_tokenizer(src)
+    if data_tokenizer.to_json() not in (run_tok.to_json(), chat_tokenizer(run_tok).to_json()):
+        raise ConfigError(f"'{cfg.data.dir}' was not tokenized with the tokenizer of '{src}' (its {data_tokenizer.kind} "
+                          f"tokenizer has {data_tokenizer.vocab_size:,} tokens, the run's {run_tok.kind} one "
+                          f"{run_tok.vocab_size:,}); prepare it from the run: `scratchgpt prepare chat --run {src}`")
+    if m.block_size == ModelConfig().block_size:  # left at its default: the run's own context
+        m = replace(m, block_size=base.model.block_size)
+    if m.block_size > base.model.block_size:
+        raise ConfigError(f"'model.block_size' is {m.block_size} but '{src}' has only {base.model.block_size} positions")
+    model = build_model(base.model)
+    load_weights(weights_path(src, "best"), model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grow = max(data_tokenizer.vocab_size, m.vocab_size) - base.model.vocab_size
+    if grow > 0:
+        for key in ("wte.weight", "lm_head.weight", "lm_head.bias"):
+            if key in state:  # a tied head is the same matrix: grown alike
+                t = state[key]
+                state[key] = torch.cat([t, t.mean(dim=0, keepdim=True).expand(grow, *t.shape[1:])])
+    if "wpe.weight" in state:
+        state["wpe.weight"] = state["wpe.weight"][: m.block_size].clone()  # fewer positions: crop the table
+    model_cfg = replace(base.model, dropout=m.dropout, block_size=m.block_size, init_from=m.init_from,
+                        vocab_size=base.model.vocab_size + max(grow, 0), attention=m.attention)
+    return replace(cfg, model=model_cfg), state

@@ -23,6 +23,10 @@ CORPUS_OPTIONS = ("text_field", "txt_docs", "shard_tokens", "workers", "hf_confi
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     inputs = args.input or []
+    if args.dataset == "chat":
+        return _prepare_chat(args, inputs)
+    if args.run is not None:
+        raise UserError("--run is for `prepare chat` (the run whose tokenizer and context the conversations use)")
     if args.dataset == "shakespeare_char":
         from .data import prepare_shakespeare_char
 
@@ -57,6 +61,22 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                             block_size=args.block_size, vocab_size=args.vocab_size)
     print(f"wrote {out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train and "
           f"{meta['val_tokens']:,} val tokens ({meta['dtype']})", file=sys.stderr)
+    return 0
+
+
+def _prepare_chat(args: argparse.Namespace, inputs: list[str]) -> int:
+    from .chat_data import prepare_chat
+    from .checkpoint import read_config, read_tokenizer
+
+    if not inputs or args.run is None:
+        raise UserError("`prepare chat` needs --input FILE.jsonl and --run RUN_DIR (the run to fine-tune)")
+    out = args.out or f"data/{Path(inputs[0]).stem}"
+    block = read_config(args.run).model.block_size
+    meta = prepare_chat(inputs, out, read_tokenizer(args.run), block, val_fraction=args.val_fraction,
+                        source=str(Path(args.run).resolve()))
+    print(f"wrote {out}: {meta['train_conversations']:,} train and {meta['val_conversations']:,} val conversations, "
+          f"{meta['train_tokens']:,} + {meta['val_tokens']:,} tokens, vocab {meta['vocab_size']} with the chat "
+          "template", file=sys.stderr)
     return 0
 
 
@@ -126,6 +146,23 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     for text in rest[1:]:
         out.write("\n---------------\n" + prompt + text)
     out.write("\n")
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from .api import load
+    from .chat import ChatError, has_template
+    from .repl import run_chat
+    from .sampling import SamplingSettings
+
+    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, seed=args.seed)
+    lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
+              cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
+    if not has_template(lm.tokenizer):
+        raise ChatError(f"'{args.run_dir}' has no chat template (its tokenizer lacks the chat special tokens); "
+                        "fine-tune it on conversations (data.format = \"chat\") or use `scratchgpt sample`")
+    run_chat(lm.engine, settings, system=args.system)
     return 0
 
 
@@ -234,12 +271,33 @@ STEPS = _number(ints(1, INT64_MAX))
 FLOPS = _number(floats(0.0))
 
 
+def _sampling_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this mass")
+    p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+
+
+def _loading_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto: bf16 on CUDA and on CPUs that compute it natively, else float32")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (for debugging)")
+    p.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="scratchgpt", description="GPT from scratch: prepare, train, sample.")
     sub = p.add_subparsers(dest="command", required=True)
 
     pp = sub.add_parser("prepare", help="tokenize a corpus into data/<name>/ (train.bin, val.bin, meta.json)")
-    pp.add_argument("dataset", choices=["shakespeare_char", "text"])
+    pp.add_argument("dataset", choices=["shakespeare_char", "text", "chat"],
+                    help="chat: JSONL conversations ({\"messages\": [...]} per line) for fine-tuning RUN")
+    pp.add_argument("--run", metavar="RUN_DIR",
+                    help="chat: the run to fine-tune (its tokenizer gets the chat template; its context bounds a "
+                         "conversation)")
     pp.add_argument("--input", nargs="+", action="extend", metavar="PATH",
                     help="text: .txt, .jsonl or .parquet files, directories of them, or hf:DATASET (streamed into "
                          "shards unless it is one small text file); shakespeare_char: input.txt, else "
@@ -280,10 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("run_dir")
     ps.add_argument("--prompt", help="text to continue (default: a newline)")
     ps.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
-    ps.add_argument("--max-new-tokens", type=int, default=500)
-    ps.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    ps.add_argument("--top-k", type=int, default=None)
-    ps.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this mass")
+    _sampling_flags(ps, max_new_tokens=500)
     ps.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
     ps.add_argument("--ignore-eos", action="store_true",
                     help="go on past <|endoftext|> (byte-level tokenizers) instead of ending the text there")
@@ -291,14 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="past the block size: keep the last block every token (full, the lecture's) or slide "
                          "by half-blocks (half: several times faster for long generations)")
     ps.add_argument("--num-samples", type=_number(ints(1, 4096)), default=1, help="samples of the prompt, generated as one batch")
-    ps.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     ps.add_argument("--interactive", action="store_true",
                     help="a REPL that keeps continuing what you type; /temperature 0.5 etc. change settings")
-    ps.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
-    ps.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
-    ps.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on CUDA")
-    ps.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (for debugging)")
-    ps.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+    _loading_flags(ps)
+
+    pc = sub.add_parser("chat", help="chat in the terminal with a run fine-tuned on conversations (data.format = chat)")
+    pc.add_argument("run_dir")
+    pc.add_argument("--system", help="a system message to start every conversation with (/system changes it)")
+    _sampling_flags(pc, max_new_tokens=300)
+    _loading_flags(pc)
 
     pv = sub.add_parser("serve", help="a playground page and an OpenAI-compatible API for a run (needs the serve extra)")
     pv.add_argument("run_dir")
@@ -394,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         commands = {"prepare": _cmd_prepare, "export": _cmd_export, "import-hf": _cmd_import_hf,
                     "tokenizer": _cmd_tokenizer, "lecture": _cmd_lecture, "serve": _cmd_serve,
-                    "sample": _cmd_sample, "eval": _cmd_eval}
+                    "sample": _cmd_sample, "eval": _cmd_eval, "chat": _cmd_chat}
         return commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

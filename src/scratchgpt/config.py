@@ -25,6 +25,9 @@ from .models.gpt import BIASES
 @dataclass(frozen=True)
 class DataConfig:
     dir: str = "data/shakespeare_char"  # a directory written by `scratchgpt prepare`
+    # text: windows of a token stream; chat: whole conversations, the loss on the assistants' replies only
+    # (`scratchgpt prepare chat`), usually with model.init_from = a run to fine-tune
+    format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class TrainConfig:
     log_interval: int = 10
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA and CPUs with native bf16, fp32 elsewhere) | float32 | bfloat16
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     time_limit: float = 0.0  # seconds from launch after which training stops (0: none)
@@ -74,6 +77,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("text", "chat"),
     "model.arch": ("gpt", "bigram"),
     "model.bias": BIASES,
     "model.pos_emb": ("learned", "rope", "none"),

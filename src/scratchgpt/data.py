@@ -168,7 +168,7 @@ def _declared_vocab(tok: Any) -> int | None:
     kind = tok.get("kind")
     try:
         if kind == "char":
-            return len(set(tok["chars"]))
+            return len(set(tok["chars"])) + len(tok.get("special_tokens", []))
         if kind == "word":
             return len(tok["words"]) + 1  # + the unknown-word id
         if kind == "bpe":

@@ -11,7 +11,8 @@ Owns:
   token-only: no text, no tokenizer. `Engine` drives it for one batch; the server's continuous batching
   (`serve/scheduler.py`) drives the same core with requests that come and go.
 - `Engine`: text in, text out (tokenizing, cropping an over-long prompt and saying so once, whole characters,
-  stop strings, the end-of-text rule), plus the token-level `token_steps` and `generate_ids`.
+  stop strings, the end-of-text rule), a conversation's reply through the chat template (`chat`), plus the
+  token-level `token_steps` and `generate_ids`.
 - `reference_steps`: the uncached reference that tests and benchmarks compare the core against.
 Does not own sampling maths or text assembly (`sampling.py`), the model (`models/`) or HTTP (`serve/`).
 
@@ -52,6 +53,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from . import chat
 from .console import echo
 from .errors import UserError
 from .sampling import (
@@ -586,18 +588,36 @@ class Engine:
 
     # ---- text level -------------------------------------------------------------------------------
 
-    def stream_rows(self, prompts: list[str], settings: SamplingSettings | None = None, num_samples: int = 1,
-                    use_cache: bool = True, **kwargs) -> Iterator[tuple[int, str]]:
-        """Yield (row, text piece) as text becomes final; rows are prompt-major. A row ends at a stop string
-        or at the end-of-text token. Bad input (settings, unknown characters) raises here, before anything
-        is yielded."""
+    def stream_rows(self, prompts: list[str] | list[list[int]], settings: SamplingSettings | None = None,
+                    num_samples: int = 1, use_cache: bool = True, **kwargs) -> Iterator[tuple[int, str]]:
+        """Yield (row, text piece) as text becomes final; rows are prompt-major. Prompts are texts or token
+        ids. A row ends at a stop string or a stop id (the end-of-text rule). Bad input (settings, unknown
+        characters) raises here, before anything is yielded."""
         s = settings_from(settings, **kwargs)
-        ids = [self.encode(p) for p in prompts]
+        ids = [list(p) if isinstance(p, list) else self.encode(p) for p in prompts]
         steps = self.token_steps(ids, s, num_samples, use_cache)
         stop = self.stop_ids(s)
         streams = [TextStream(self.tokenizer, s.stop, ids[r // num_samples], stop)
                    for r in range(len(ids) * num_samples)]
         return self._texts(steps, streams)
+
+    def chat(self, messages: list, settings: SamplingSettings | None = None, num_samples: int = 1,
+             **kwargs) -> str | list[str]:
+        """The assistant's reply to a conversation (OpenAI-style messages) through the run's chat template:
+        a string, or a list for several samples. It ends at <|assistant_end|>."""
+        texts = [""] * num_samples
+        for r, piece in self.stream_chat_rows(messages, settings, num_samples, **kwargs):
+            texts[r] += piece
+        return texts[0] if num_samples == 1 else texts
+
+    def stream_chat_rows(self, messages: list, settings: SamplingSettings | None = None, num_samples: int = 1,
+                         **kwargs) -> Iterator[tuple[int, str]]:
+        """Yield (sample, text piece) of the assistant's reply as it comes."""
+        msgs = messages if messages and isinstance(messages[0], chat.Message) else chat.parse_messages(messages)
+        ids = chat.prompt_ids(self.tokenizer, msgs)
+        s = settings_from(settings, **kwargs)
+        s = s.replace(stop_token_ids=tuple(sorted(set(s.stop_token_ids) | chat.stop_ids(self.tokenizer))))
+        return self.stream_rows([ids], s, num_samples)
 
     @staticmethod
     def _texts(steps: Iterator[torch.Tensor], streams: list[TextStream]) -> Iterator[tuple[int, str]]:

@@ -1,17 +1,23 @@
-"""`scratchgpt sample --interactive`: a small loop that keeps continuing the text the user types.
+"""`scratchgpt sample --interactive` and `scratchgpt chat`: small loops over what the user types.
+
+`run_repl` (sample --interactive) keeps continuing the text the user types.
 
 Owns the REPL: each line the user types is appended to the running text (on a line of its own, ending in
 a newline) and the model's continuation streams out and is appended too; an empty line just asks for more.
 Lines starting with `/` change the sampling settings in place (`/temperature 0.5`, `/top_k 40`, `/top_p 0.9`,
 `/max_new_tokens 200`, `/seed 1`, `/stop text`, `/stop` to clear, `/settings`, `/reset`, `/help`, `/quit`).
-A bad value or an unknown character prints one `error: ...` line and the loop goes on. Does not own
-sampling or the model (`generate.py`).
+A bad value or an unknown character prints one `error: ...` line and the loop goes on.
+
+`run_chat` (chat) keeps a conversation: each line the user types is a user message, the model's reply (through
+the run's chat template) streams out and joins the history; `/reset` forgets the conversation, `/system TEXT`
+sets the system message (`/system` alone removes it), `/history` shows it, and the same sampling commands
+apply. Does not own sampling, the template or the model (`generate.py`, `chat.py`).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from .errors import UserError, closest
@@ -22,6 +28,11 @@ HELP = """type text and press Enter: the model continues it; an empty line conti
 commands: /temperature X   /top_k N|none   /top_p X   /max_new_tokens N   /seed N|none   /window full|half
           /stop TEXT (add a stop string, \\n for a newline; /stop alone clears)   /settings   /reset (forget the text)
           /help   /quit (or end of input)"""
+
+CHAT_HELP = """type a message and press Enter: the model answers it, and remembers the conversation.
+commands: /system TEXT (the system message; /system alone removes it)   /reset (forget the conversation)
+          /history   /temperature X   /top_k N|none   /top_p X   /max_new_tokens N   /seed N|none
+          /settings   /help   /quit (or end of input)"""
 
 SETTINGS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop", "window")
 OTHER = ("settings", "reset", "help", "quit", "exit")
@@ -61,6 +72,15 @@ def describe(s: SamplingSettings) -> str:
             f"stop {list(s.stop) if s.stop else 'none'}, window {s.window}")
 
 
+def _lines(read: Callable[[], str]) -> Iterator[str]:
+    """What the user types, line by line, until the end of input."""
+    while True:
+        try:
+            yield read()
+        except EOFError:
+            return
+
+
 def run_repl(engine: Engine, settings: SamplingSettings, read: Callable[[], str] | None = None,
              out: TextIO | None = None, err: TextIO | None = None) -> None:
     """Loop until /quit or end of input. `read` returns one line (raises EOFError at the end)."""
@@ -68,11 +88,7 @@ def run_repl(engine: Engine, settings: SamplingSettings, read: Callable[[], str]
     read = read or (lambda: input("> " if sys.stdin.isatty() else ""))
     text, s = "", settings
     err.write(HELP + "\n")
-    while True:
-        try:
-            line = read()
-        except EOFError:
-            break
+    for line in _lines(read):
         try:
             if line.startswith("/"):
                 s, action = apply_command(line, s)
@@ -95,5 +111,50 @@ def run_repl(engine: Engine, settings: SamplingSettings, read: Callable[[], str]
             if text and not text.endswith("\n"):
                 out.write("\n")  # for the display only; the next typed line starts a new line in the text too
             out.flush()
+        except UserError as e:
+            err.write(f"error: {e}\n")
+
+
+def run_chat(engine: Engine, settings: SamplingSettings, system: str | None = None,
+             read: Callable[[], str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """A terminal conversation until /quit or end of input. `read` returns one line (EOFError at the end)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    read = read or (lambda: input("you> " if sys.stdin.isatty() else ""))
+    history: list[dict] = []
+    s = settings
+    err.write(CHAT_HELP + "\n")
+    for line in _lines(read):
+        try:
+            if line.startswith("/system"):
+                system = line[len("/system"):].strip() or None
+                err.write(f"system message: {system!r}\n" if system else "no system message\n")
+                continue
+            if line.strip() == "/history":
+                for m in ([{"role": "system", "content": system}] if system else []) + history:
+                    err.write(f"{m['role']}: {m['content']}\n")
+                continue
+            if line.startswith("/"):
+                s, action = apply_command(line, s)
+                if action == "quit":
+                    break
+                if action == "reset":
+                    history = []
+                if action == "help":
+                    err.write(CHAT_HELP + "\n")
+                if action in (None, "settings", "reset"):
+                    err.write(describe(s) + "\n")
+                continue
+            if not line.strip():
+                continue
+            messages = ([{"role": "system", "content": system}] if system else []) + history + [
+                {"role": "user", "content": line}]
+            reply = ""
+            for _, piece in engine.stream_chat_rows(messages, s):  # a bad message raises before anything shows
+                out.write(piece)
+                out.flush()
+                reply += piece
+            out.write("\n")
+            out.flush()
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply}]
         except UserError as e:
             err.write(f"error: {e}\n")

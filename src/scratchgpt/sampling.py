@@ -42,12 +42,15 @@ class SamplingSettings:
     seed: int | None = None  # None: a fresh random seed each call
     window: str = "full"  # past the block: full (keep the last block, as the lecture) | half (slide by half-blocks)
     ignore_eos: bool = False  # go on past <|endoftext|> instead of stopping there
+    stop_token_ids: tuple[int, ...] = ()  # more token ids that end the text (a chat reply's <|assistant_end|>)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
             object.__setattr__(self, "stop", (self.stop,))
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.stop_token_ids, (str, bytes)):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         self.check()
 
     def check(self) -> None:
@@ -74,6 +77,9 @@ class SamplingSettings:
             raise UserError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
         if not isinstance(self.ignore_eos, bool):
             raise UserError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
+        if not isinstance(self.stop_token_ids, tuple) or any(
+                isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.stop_token_ids):
+            raise UserError(f"stop token ids must be whole numbers of at least 0, got {self.stop_token_ids!r}")
 
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)
@@ -90,9 +96,13 @@ def settings_from(settings: SamplingSettings | None = None, **kwargs) -> Samplin
 
 def stop_token_ids(tokenizer, settings: SamplingSettings) -> frozenset[int]:
     """The end-of-text rule, the same for `sample`, the Python API and the server: a row ends at the
-    tokenizer's <|endoftext|> (when it has one), unless the settings say `ignore_eos`."""
+    tokenizer's <|endoftext|> (when it has one), unless the settings say `ignore_eos`, and at any of the
+    settings' `stop_token_ids` (a chat reply's closing token) whatever `ignore_eos` says."""
     eot = getattr(tokenizer, "eot_token", None)  # only the byte-level kinds have one
-    return frozenset() if settings.ignore_eos or not isinstance(eot, int) else frozenset({eot})
+    ids = set(settings.stop_token_ids)
+    if isinstance(eot, int) and not settings.ignore_eos:
+        ids.add(eot)
+    return frozenset(ids)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

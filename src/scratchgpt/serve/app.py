@@ -31,6 +31,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..chat import has_template, parse_messages, prompt_ids
+from ..chat import stop_ids as chat_stop_ids
 from ..checkpoint import MODEL_BEST, STATE_JSON, load_model, read_step, weights_path
 from ..errors import UserError
 from ..generate import encode_prompt
@@ -41,10 +43,14 @@ from ..sampling import SamplingSettings
 from .scheduler import Job, Scheduler
 from .schemas import (
     APIError,
+    ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     ServeLimits,
     TokenizeRequest,
+    _Sampling,
+    chat_choice,
+    chat_delta,
     choice,
     completion,
     completion_id,
@@ -234,10 +240,8 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
         _check_ids(body.tokens, served.tokenizer.vocab_size, "tokens")
         return {"prompt": await run_in_threadpool(served.tokenizer.decode, body.tokens)}
 
-    @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        check_model(body.model)
-        ask = await run_in_threadpool(_prepare, body, served, limits)  # tokenizing is CPU work: off the loop
+    async def answer(ask: _Ask, body: _Sampling, request: Request, chat: bool) -> Response:
+        """Queue a checked request and answer it: a whole response, or a stream of server-sent events."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -252,14 +256,26 @@ def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = No
         if job is None:
             raise APIError(503, "the server is busy (too many requests waiting); retry shortly", None, "server_error",
                            code="overloaded")
-        cid, created_at = completion_id(), now()
+        reply = _Reply(completion_id(chat), now(), served.name, chat)
         choices = _Choices(ask, served.tokenizer)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream(job, queue, choices, cid, created_at, served.name, include_usage)
+            events = _stream(job, queue, choices, reply, include_usage)
             return EventStream(events, job, media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _collect(job, queue, choices, request, cid, created_at, served.name)
+        return await _collect(job, queue, choices, request, reply)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        check_model(body.model)
+        ask = await run_in_threadpool(_prepare, body, served, limits)  # tokenizing is CPU work: off the loop
+        return await answer(ask, body, request, chat=False)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        check_model(body.model)
+        ask = await run_in_threadpool(_prepare_chat, body, served, limits)
+        return await answer(ask, body, request, chat=True)
 
     return app
 
@@ -331,22 +347,42 @@ def _check_ids(ids: list[int], vocab: int, param: str) -> None:
         raise APIError(400, f"'{param}' token ids must be in [0, {vocab}), got {min(ids)}..{max(ids)}", param)
 
 
-def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits) -> _Ask:
-    """Check a request completely against the model and the limits (runs in a worker thread)."""
+def _common(body: _Sampling, limits: ServeLimits, max_tokens: int | None, rows_per_n: int,
+            stop_ids: tuple[int, ...] = ()) -> tuple[int, SamplingSettings]:
+    """The checks both endpoints share (n, max tokens, stop strings, the batch) -> n and the sampling settings."""
     n = 1 if body.n is None else body.n
     if n > limits.max_n:
         raise APIError(400, f"'n' must be at most {limits.max_n}, got {n}", "n")
-    if body.best_of is not None and body.best_of != n:
-        raise APIError(400, "'best_of' is not supported by this server (only equal to n)", "best_of")
-    max_tokens = limits.default_max_tokens if body.max_tokens is None else body.max_tokens
+    max_tokens = limits.default_max_tokens if max_tokens is None else max_tokens
     if max_tokens > limits.max_tokens:
         raise APIError(400, f"'max_tokens' must be at most {limits.max_tokens}, got {max_tokens}", "max_tokens")
     if len(body.stop or ()) > limits.max_stop:
         raise APIError(400, f"'stop' must hold at most {limits.max_stop} stop strings, got {len(body.stop)}", "stop")
+    if rows_per_n * n > limits.max_batch:
+        raise APIError(400, f"{rows_per_n} prompt(s) x n={n} is {rows_per_n * n} sequences; at most "
+                            f"{limits.max_batch} fit in one request", "n" if rows_per_n == 1 else "prompt")
+    try:
+        settings = SamplingSettings(
+            max_new_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+            top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop or ()),
+            seed=body.seed, ignore_eos=body.ignore_eos, stop_token_ids=stop_ids,
+            **({"window": body.window} if body.window else {}))
+    except UserError as e:  # the schema checks these first; this is the engine's word on anything left
+        raise APIError(400, str(e)) from None
+    return n, settings
+
+
+def _too_long(length: int, context: int, param: str, hint: str) -> APIError:
+    return APIError(400, f"this model's context length is {context} tokens, but the {param} has {length:,}; "
+                         f"{hint}", param, code="context_length_exceeded")
+
+
+def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits) -> _Ask:
+    """Check a completion request completely against the model and the limits (runs in a worker thread)."""
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise APIError(400, "'best_of' is not supported by this server (only equal to n)", "best_of")
     raw = body.prompts()
-    if len(raw) * n > limits.max_batch:
-        raise APIError(400, f"{len(raw)} prompt(s) x n={n} is {len(raw) * n} sequences; at most {limits.max_batch} "
-                            "fit in one request", "n" if len(raw) == 1 else "prompt")
+    n, settings = _common(body, limits, body.max_tokens, len(raw))
     tok, context = served.tokenizer, served.model.block_size
     vocab = min(served.model.vocab_size, tok.vocab_size)  # ids the model knows and the tokenizer decodes
     keep = body.truncate_prompt_tokens
@@ -364,19 +400,31 @@ def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits) 
             p_ids = p_ids[-keep:]  # left truncation, as vLLM does: the model sees the prompt's end
             p = tok.decode(p_ids)
         elif len(p_ids) > context:
-            raise APIError(400, f"this model's context length is {context} tokens, but the prompt has "
-                                f"{len(p_ids):,}; shorten it or pass truncate_prompt_tokens to keep its end",
-                           "prompt", code="context_length_exceeded")
+            raise _too_long(len(p_ids), context, "prompt", "shorten it or pass truncate_prompt_tokens to keep its end")
         ids.append(p_ids)
         texts.append(p if isinstance(p, str) else tok.decode(p_ids))
-    try:
-        settings = SamplingSettings(
-            max_new_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-            top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop or ()),
-            seed=body.seed, ignore_eos=body.ignore_eos, **({"window": body.window} if body.window else {}))
-    except UserError as e:  # the schema checks these first; this is the engine's word on anything left
-        raise APIError(400, str(e)) from None
     return _Ask(ids, texts, settings, n, body.echo, body.logprobs)
+
+
+def _prepare_chat(body: ChatCompletionRequest, served: ServedModel, limits: ServeLimits) -> _Ask:
+    """Check a chat request: the model must have the chat template; the conversation is rendered with it and
+    must fit the context; the reply ends at <|assistant_end|>."""
+    tok, context = served.tokenizer, served.model.block_size
+    if not has_template(tok):
+        raise APIError(400, "this model has no chat template (it was not fine-tuned on conversations); use "
+                            "/v1/completions, or fine-tune it with data.format = \"chat\"", "messages")
+    try:
+        messages = parse_messages(body.messages, "'messages'")
+        ids = [prompt_ids(tok, messages)]
+    except UserError as e:
+        raise APIError(400, str(e), "messages") from None
+    if len(ids[0]) > limits.max_prompt_tokens:
+        raise APIError(400, f"'messages' are {len(ids[0]):,} tokens; at most {limits.max_prompt_tokens:,} are "
+                            "allowed", "messages")
+    if len(ids[0]) > context:
+        raise _too_long(len(ids[0]), context, "messages", "shorten the conversation")
+    n, settings = _common(body, limits, body.limit(), 1, tuple(sorted(chat_stop_ids(tok))))
+    return _Ask(ids, [""], settings, n, False, None)
 
 
 # ---- events to choices ----------------------------------------------------------------------------------------
@@ -443,10 +491,30 @@ class _Choices:
                                                                        strict=True))]
 
 
-async def _stream(job: Job, queue: asyncio.Queue, choices: _Choices, cid: str, created: int, model: str,
-                  include_usage: bool):
+@dataclass(frozen=True)
+class _Reply:
+    """Who answers: the response id, time and model, and whether in chat's shape or completions'."""
+
+    id: str
+    created: int
+    model: str
+    chat: bool
+
+    def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
+        return sse(completion(self.id, self.created, self.model, choices, usage,
+                              "chat.completion.chunk" if self.chat else "text_completion"))
+
+    def whole(self, choices: _Choices, usage: dict) -> dict:
+        if self.chat:
+            body = [chat_choice(i, t, r) for i, (t, r) in enumerate(zip(choices.texts, choices.reasons, strict=True))]
+            return completion(self.id, self.created, self.model, body, usage, "chat.completion")
+        return completion(self.id, self.created, self.model, choices.whole(), usage)
+
+
+async def _stream(job: Job, queue: asyncio.Queue, choices: _Choices, reply: _Reply, include_usage: bool):
     """Server-sent events for one job; leaving early (the client went away) cancels it. Events that queued up
-    while the client was being written to go out in one write (one event each still)."""
+    while the client was being written to go out in one write (one event each still). Chat chunks carry
+    `delta`s: the role first, then the content, then an empty delta with the finish reason."""
     try:
         while True:
             events = [await queue.get()]
@@ -459,12 +527,21 @@ async def _stream(job: Job, queue: asyncio.Queue, choices: _Choices, cid: str, c
                     continue
                 if ev[0] in ("text", "finish"):
                     row = ev[1]
+                    first = not choices.started[row]
                     text, lists = choices.on_text(row, *ev[2:]) if ev[0] == "text" else choices.on_text(row, "", [])
                     reason = ev[2] if ev[0] == "finish" else None
-                    out.append(sse(completion(cid, created, model, [choice(row, text, reason, lists)], None)))
+                    if not reply.chat:
+                        out.append(reply.chunk([choice(row, text, reason, lists)]))
+                        continue
+                    if first:
+                        out.append(reply.chunk([chat_delta(row, {"role": "assistant", "content": ""}, None)]))
+                    if text:
+                        out.append(reply.chunk([chat_delta(row, {"content": text}, None)]))
+                    if reason:
+                        out.append(reply.chunk([chat_delta(row, {}, reason)]))
                     continue
                 if ev[0] == "end" and include_usage:
-                    out.append(sse(completion(cid, created, model, [], ev[1])))
+                    out.append(reply.chunk([], ev[1]))
                 elif ev[0] == "error":
                     out.append(sse(error_body(ev[1], None, "server_error")))
                 out.append(sse("[DONE]"))
@@ -475,8 +552,8 @@ async def _stream(job: Job, queue: asyncio.Queue, choices: _Choices, cid: str, c
         job.cancel()  # a no-op once it has ended
 
 
-async def _collect(job: Job, queue: asyncio.Queue, choices: _Choices, request: Request, cid: str, created: int,
-                   model: str) -> JSONResponse:
+async def _collect(job: Job, queue: asyncio.Queue, choices: _Choices, request: Request,
+                   reply: _Reply) -> JSONResponse:
     get: asyncio.Task | None = None
     try:
         while True:
@@ -495,7 +572,7 @@ async def _collect(job: Job, queue: asyncio.Queue, choices: _Choices, request: R
                 choices.on_text(ev[1], "", [])
                 choices.reasons[ev[1]] = ev[2]
             elif ev[0] == "end":
-                return JSONResponse(completion(cid, created, model, choices.whole(), ev[1]))
+                return JSONResponse(reply.whole(choices, ev[1]))
             else:
                 return JSONResponse(error_body(ev[1], None, "server_error"), status_code=500)
     finally:

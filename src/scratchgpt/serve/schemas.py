@@ -77,13 +77,12 @@ class StreamOptions(BaseModel):
 Number = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions. `prompt` is a string, a list of strings, token ids, or a list of token-id lists."""
+class _Sampling(BaseModel):
+    """The fields /v1/completions and /v1/chat/completions share: the model, sampling and streaming."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr | None = None
-    prompt: Any = ""
     max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
     temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
     top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
@@ -94,31 +93,12 @@ class CompletionRequest(BaseModel):
     seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch's generator takes
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    echo: StrictBool = False
     user: StrictStr | None = None
-    logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     ignore_eos: StrictBool = False
-    truncate_prompt_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     # OpenAI fields this server does not implement: accepted only at their "off" values
-    suffix: StrictStr | None = None
-    best_of: StrictInt | None = None
     presence_penalty: Number | None = None
     frequency_penalty: Number | None = None
     logit_bias: dict[str, Number] | None = None
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _prompt(cls, v: Any) -> Any:
-        def ids(x: Any) -> bool:
-            return isinstance(x, list) and bool(x) and all(isinstance(i, int) and not isinstance(i, bool) for i in x)
-
-        ok = (isinstance(v, str)
-              or (isinstance(v, list) and bool(v) and (all(isinstance(p, str) for p in v) or ids(v)
-                                                       or all(ids(p) for p in v))))
-        if not ok:
-            raise ValueError("must be a string, a non-empty list of strings, a non-empty list of token ids, "
-                             "or a non-empty list of non-empty lists of token ids")
-        return v
 
     @field_validator("top_k")
     @classmethod
@@ -138,7 +118,7 @@ class CompletionRequest(BaseModel):
                 raise ValueError(f"must be strings of 1 to {MAX_STOP_LEN} characters each")
         return stops
 
-    @field_validator("suffix", "logit_bias")
+    @field_validator("logit_bias", "suffix", check_fields=False)  # suffix: completions only
     @classmethod
     def _unsupported(cls, v: Any) -> Any:
         if v:
@@ -152,6 +132,31 @@ class CompletionRequest(BaseModel):
             raise ValueError("is not supported by this server (only 0)")
         return v
 
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions. `prompt` is a string, a list of strings, token ids, or a list of token-id lists."""
+
+    prompt: Any = ""
+    echo: StrictBool = False
+    logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    truncate_prompt_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    suffix: StrictStr | None = None  # not supported: accepted only empty
+    best_of: StrictInt | None = None  # only equal to n
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        def ids(x: Any) -> bool:
+            return isinstance(x, list) and bool(x) and all(isinstance(i, int) and not isinstance(i, bool) for i in x)
+
+        ok = (isinstance(v, str)
+              or (isinstance(v, list) and bool(v) and (all(isinstance(p, str) for p in v) or ids(v)
+                                                       or all(ids(p) for p in v))))
+        if not ok:
+            raise ValueError("must be a string, a non-empty list of strings, a non-empty list of token ids, "
+                             "or a non-empty list of non-empty lists of token ids")
+        return v
+
     def prompts(self) -> list[str] | list[list[int]]:
         """The prompt as a list: strings, or token-id lists."""
         p = self.prompt
@@ -160,6 +165,44 @@ class CompletionRequest(BaseModel):
         if all(isinstance(x, int) for x in p):
             return [p]
         return list(p)
+
+
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions: `messages` as OpenAI shapes them (content a string, or text parts); the
+    model answers through its chat template. `max_completion_tokens` is the newer name of `max_tokens`."""
+
+    messages: Any
+    max_completion_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+    logprobs: StrictBool = False  # not supported for chat: accepted only false
+    top_logprobs: StrictInt | None = None
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages(cls, v: Any) -> Any:
+        """Text content parts ([{"type": "text", "text": ...}]) joined into one string; the rest is checked
+        against the template (roles, order) when the request is prepared."""
+        if isinstance(v, list):
+            out = []
+            for m in v:
+                if isinstance(m, dict) and isinstance(m.get("content"), list):
+                    parts = m["content"]
+                    if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                               for p in parts):
+                        raise ValueError("content parts must all be {\"type\": \"text\", \"text\": ...}")
+                    m = {**m, "content": "".join(p["text"] for p in parts)}
+                out.append(m)
+            return out
+        return v
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("is not supported for chat by this server (use /v1/completions with logprobs)")
+        return v
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class TokenizeRequest(BaseModel):
@@ -183,19 +226,30 @@ class DetokenizeRequest(BaseModel):
 
 # ---- responses ------------------------------------------------------------------------------------------
 
-def completion_id() -> str:
-    return f"cmpl-{uuid.uuid4().hex[:24]}"
+def completion_id(chat: bool = False) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
 
 def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
     return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def completion(cid: str, created: int, model: str, choices: list[dict], usage: dict | None) -> dict:
-    body = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+def completion(cid: str, created: int, model: str, choices: list[dict], usage: dict | None,
+               kind: str = "text_completion") -> dict:
+    """A response body or stream chunk; `kind` is text_completion, chat.completion or chat.completion.chunk."""
+    body = {"id": cid, "object": kind, "created": created, "model": model, "choices": choices}
     if usage is not None:
         body["usage"] = usage
     return body
+
+
+def chat_choice(index: int, text: str, finish_reason: str | None) -> dict:
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "finish_reason": finish_reason}
+
+
+def chat_delta(index: int, delta: dict, finish_reason: str | None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
 def sse(data: dict | str) -> str:

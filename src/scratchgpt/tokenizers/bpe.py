@@ -112,6 +112,16 @@ class BPETokenizer(TiktokenTokenizer):
         self._enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=self.ranks, special_tokens=specials,
                                       explicit_n_vocab=len(self.vocab) + len(specials))
 
+    def with_special_tokens(self, names: list[str]) -> BPETokenizer:
+        """This tokenizer with `names` added as special tokens after the ones it has (which keep their ids)."""
+        have = list(self.special_tokens_in_order)
+        return BPETokenizer(self.vocab, self.merges, self.pattern, have + [n for n in names if n not in have])
+
+    @property
+    def special_tokens_in_order(self) -> list[str]:
+        specials = self.special_tokens
+        return sorted(specials, key=specials.get)
+
     # ---- the reference encoder: what tiktoken computes, spelled out ------------------------------------
 
     def _merge_chunk(self, piece: bytes) -> list[int]:

@@ -3,6 +3,9 @@
 Owns `CharTokenizer`. Encoding is vectorised with numpy (code points looked up in the sorted vocabulary)
 so a megabyte encodes in milliseconds. An unknown character is a `UserError` naming it and its position,
 unless `errors="replace"` (swap it for a stand-in character) or `errors="ignore"` (drop it).
+
+Special tokens (a chat template's `<|user_start|>` ...) get reserved ids after the characters. Text never
+encodes to them (a user cannot forge one by typing its name); they decode to their names.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ def _codepoints(text: str) -> np.ndarray:
 class CharTokenizer:
     kind = "char"
 
-    def __init__(self, chars: list[str] | str):
+    def __init__(self, chars: list[str] | str, special_tokens: list[str] | tuple[str, ...] = ()):
         chars = sorted(set(chars))
         if not chars or any(len(c) != 1 for c in chars):
             raise ValueError("a CharTokenizer needs single characters")
+        if len(set(special_tokens)) != len(special_tokens) or any(not isinstance(s, str) or not s for s in special_tokens):
+            raise ValueError("special tokens must be distinct, non-empty strings")
         self.chars = chars
+        self.specials = list(special_tokens)  # ids len(chars), len(chars) + 1, ...
         self.stoi = {c: i for i, c in enumerate(chars)}
         self._sorted_cp = np.array([ord(c) for c in chars], dtype=np.uint32)
         self.replacement = next((c for c in ("?", " ") if c in self.stoi), chars[0])
@@ -38,7 +44,15 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + len(self.specials)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {s: len(self.chars) + i for i, s in enumerate(self.specials)}
+
+    def with_special_tokens(self, names: list[str]) -> CharTokenizer:
+        """This tokenizer with `names` added as special tokens (those it has already keep their ids)."""
+        return CharTokenizer(self.chars, self.specials + [n for n in names if n not in self.specials])
 
     def encode(self, text: str, errors: str = "strict") -> list[int]:
         return self.encode_array(text, errors).tolist()
@@ -55,7 +69,7 @@ class CharTokenizer:
                 ch = text[pos]
                 raise UserError(
                     f"character {ch!r} (U+{ord(ch):04X}) at position {pos} is not in the tokenizer's "
-                    f"vocabulary of {self.vocab_size} characters"
+                    f"vocabulary of {len(self.chars)} characters"
                 )
             if errors == "replace":
                 ids_clipped = np.where(known, ids_clipped, self.stoi[self.replacement])
@@ -64,14 +78,22 @@ class CharTokenizer:
         return ids_clipped.astype(np.int64)
 
     def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        n = len(self.chars)
+        return "".join(self.chars[i] if i < n else self.specials[i - n] for i in ids)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "chars": "".join(self.chars)}
+        obj = {"kind": self.kind, "chars": "".join(self.chars)}
+        if self.specials:
+            obj["special_tokens"] = list(self.specials)
+        return obj
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> CharTokenizer:
         chars = obj.get("chars")
         if not isinstance(chars, str) or not chars:
             raise CheckpointError("char tokenizer JSON has no 'chars' string")
-        return cls(list(chars))
+        specials = obj.get("special_tokens", [])
+        try:
+            return cls(list(chars), specials)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"char tokenizer JSON is damaged: {e}") from None

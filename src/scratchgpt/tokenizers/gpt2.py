@@ -96,19 +96,42 @@ def _local_file(path: Path) -> Path:
 
 
 class GPT2Tokenizer(TiktokenTokenizer):
+    """OpenAI's GPT-2 encoding; `extra_special` are special tokens added after its <|endoftext|> (a chat
+    template's), with ids 50257, 50258, ..."""
+
     kind = "gpt2"
 
-    def __init__(self, enc: tiktoken.Encoding, source: str):
-        self._enc, self.source = enc, source
+    def __init__(self, enc: tiktoken.Encoding, source: str, extra_special: list[str] | tuple[str, ...] = ()):
+        self.source, self.extra_special = source, list(extra_special)
+        if self.extra_special:
+            base = enc.n_vocab
+            specials = {**enc._special_tokens, **{s: base + i for i, s in enumerate(self.extra_special)}}
+            enc = tiktoken.Encoding(f"{enc.name}+chat", pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
+                                    special_tokens=specials)
+        self._enc = enc
+
+    def with_special_tokens(self, names: list[str]) -> GPT2Tokenizer:
+        """This tokenizer with `names` added as special tokens (those it has already keep their ids)."""
+        base = load_gpt2(self.source if self.source != "tiktoken" else None)
+        have = set(self._enc.special_tokens_set)
+        return GPT2Tokenizer(base._enc, self.source, self.extra_special + [n for n in names if n not in have])
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_vocab": self.vocab_size, "source": self.source}
+        obj = {"kind": self.kind, "n_vocab": self.vocab_size, "source": self.source}
+        if self.extra_special:
+            obj["extra_special_tokens"] = list(self.extra_special)
+        return obj
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> GPT2Tokenizer:
         source = obj.get("source")
         recorded = source if isinstance(source, str) and source != "tiktoken" and Path(source).exists() else None
         tok = load_gpt2(recorded)
+        extra = obj.get("extra_special_tokens", [])
+        if extra:
+            if not isinstance(extra, list) or not all(isinstance(s, str) and s for s in extra):
+                raise CheckpointError("GPT-2 tokenizer JSON has damaged extra_special_tokens")
+            tok = GPT2Tokenizer(tok._enc, tok.source, extra)
         if tok.vocab_size != obj.get("n_vocab", tok.vocab_size):
             raise CheckpointError(
                 f"the GPT-2 encoding found ({tok.source}) has {tok.vocab_size} tokens but this run was made with "

@@ -23,13 +23,13 @@ class Evaluator:
     """
 
     def __init__(self, data_dir: str, block_size: int, batch_size: int, eval_iters: int, rt: Runtime, seed: int,
-                 full_val: bool = False, dist: D.DistContext | None = None):
+                 full_val: bool = False, dist: D.DistContext | None = None, loader: type = BatchLoader):
         self.eval_iters = eval_iters
         self.full_val = full_val
         self.rt = rt
         self.dist = dist or D.DistContext()
         shard = (self.dist.rank, self.dist.world_size)
-        self.loaders = {s: BatchLoader(data_dir, s, block_size, batch_size, rt.device, seed + 1 + i, shard)
+        self.loaders = {s: loader(data_dir, s, block_size, batch_size, rt.device, seed + 1 + i, shard)
                         for i, s in enumerate(("train", "val"))}
         self.initial = {s: ld.state() for s, ld in self.loaders.items()}
 
@@ -45,12 +45,13 @@ class Evaluator:
             batches = loader.sequential() if full else (loader.get_batch() for _ in range(self.eval_iters))
             total, count = torch.zeros((), dtype=torch.float64), 0
             for x, y in batches:
-                if y.numel() == 0:  # a rank with no rows of a short last batch
+                targets = int((y >= 0).sum())  # chat data masks all but the assistants' tokens with -1
+                if targets == 0:  # a rank with no rows of a short last batch, or nothing to score
                     continue
                 with self.rt.autocast():
                     _, loss = model(x, y)
-                total += loss.double().cpu() * y.numel()
-                count += y.numel()
+                total += loss.double().cpu() * targets
+                count += targets
             if self.dist.enabled:
                 both = torch.stack([total, torch.tensor(float(count), dtype=torch.float64)])
                 total, count = D.sum_(self.dist, both.to(D.comm_device(self.rt.device))).cpu().unbind()

@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
-from ..config import Config
+from ..chat_data import ChatLoader
+from ..config import Config, ConfigError
 from ..console import echo
 from ..data import BatchLoader, load_meta
 from ..interop.hf import apply_init_from, load_state
@@ -75,9 +76,15 @@ def build_run(cfg: Config, rt: Runtime, dist: D.DistContext, run_dir: Path, pret
     t = cfg.train
     meta = load_meta(cfg.data.dir)
     tokenizer = tokenizer_from_json(meta["tokenizer"])
+    kind = meta.get("data_format", "text")
+    if kind != cfg.data.format:
+        raise ConfigError(f"'data.format' is {cfg.data.format!r} but '{cfg.data.dir}' holds {kind} data; set "
+                          f"data.format = {kind!r} or prepare the data as {cfg.data.format}")
+    loader = ChatLoader if kind == "chat" else BatchLoader
     weights = None
-    if cfg.model.init_from and pretrained:  # start from GPT-2 weights
-        cfg, weights = apply_init_from(cfg, tokenizer)
+    if cfg.model.init_from and pretrained:  # start from another run's weights, or GPT-2's
+        init = ckpt.init_from_run if ckpt.is_run_dir(cfg.model.init_from) else apply_init_from
+        cfg, weights = init(cfg, tokenizer)
     cfg = ckpt.resolved_model_config(cfg, meta["vocab_size"])
     check_train_memory(cfg, rt.device, dist.world_size)  # refuse what cannot fit before anything is allocated
 
@@ -91,9 +98,9 @@ def build_run(cfg: Config, rt: Runtime, dist: D.DistContext, run_dir: Path, pret
     # under FSDP every forward is a collective, so every rank evaluates whole batches (no uneven shards)
     run = TrainingRun(
         cfg, rt, dist, run_dir, tokenizer, model, model, configure_optimizer(model, t, rt.device),
-        BatchLoader(cfg.data.dir, "train", block, t.batch_size, rt.device, t.seed, shard),
+        loader(cfg.data.dir, "train", block, t.batch_size, rt.device, t.seed, shard),
         Evaluator(cfg.data.dir, block, t.eval_batch_size or t.batch_size, t.eval_iters, rt, t.seed, t.full_val,
-                  None if t.fsdp else dist),
+                  None if t.fsdp else dist, loader),
         n_params=model.num_params(),
     )
     echo(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters (position embeddings excluded); "

@@ -1,0 +1,335 @@
+"""The chat stage: the template, conversation data and its loss mask, fine-tuning a run on conversations
+(the vocabulary grows for the template), chatting through the engine, the terminal and the API."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from scratchgpt import chat
+from scratchgpt import checkpoint as ckpt
+from scratchgpt.chat_data import ChatLoader, prepare_chat
+from scratchgpt.cli import main as cli_main
+from scratchgpt.config import from_dict
+from scratchgpt.errors import UserError
+from scratchgpt.generate import Engine
+from scratchgpt.models import GPT, GPTConfig
+from scratchgpt.repl import run_chat
+from scratchgpt.tokenizers import CharTokenizer
+from scratchgpt.train import train
+
+WORDS = ["line", "quick", "brown", "fox", "lazy", "dog", "over"]
+BLOCK = 48  # the base run's context: every conversation here fits it
+
+
+def conversations(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        w = WORDS[int(rng.integers(len(WORDS)))]
+        msgs = [{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": " ".join(w)}]
+        if i % 3 == 0:
+            msgs = [{"role": "system", "content": "be brief"}] + msgs + [
+                {"role": "user", "content": "again"}, {"role": "assistant", "content": w}]
+        out.append({"messages": msgs})
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_run(small_text_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("chat") / "base"
+    cfg = tiny_config(small_text_dir, max_iters=6, eval_interval=6)
+    train(replace(cfg, model=replace(cfg.model, block_size=BLOCK)), out_dir=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chat_data(base_run, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("chatdata")
+    prepare_chat([write_jsonl(d / "conv.jsonl", conversations(40))], d / "data", ckpt.read_tokenizer(base_run), BLOCK)
+    return d / "data"
+
+
+def sft_config(chat_data: Path, base_run: Path, **train_kw):
+    t = {"max_iters": 8, "batch_size": 4, "eval_interval": 4, "eval_iters": 2, "log_interval": 1, "warmup_iters": 1,
+         "device": "cpu", "dtype": "float32", "learning_rate": 3e-3}
+    t.update(train_kw)
+    return from_dict({"data": {"dir": str(chat_data), "format": "chat"},
+                      "model": {"init_from": str(base_run), "dropout": 0.1}, "train": t}, name="sft")
+
+
+@pytest.fixture(scope="module")
+def sft_run(chat_data, base_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft") / "run"
+    train(sft_config(chat_data, base_run), out_dir=out, progress=False)
+    return out
+
+
+# ---- the template -------------------------------------------------------------------------------------------
+
+def test_the_template_renders_and_round_trips():
+    tok = chat.chat_tokenizer(CharTokenizer.from_text("abc hi?"))
+    msgs = chat.parse_messages([{"role": "system", "content": "hi"}, {"role": "user", "content": "abc?"},
+                                {"role": "assistant", "content": "cba"}])
+    ids, learn = chat.render(tok, msgs)
+    assert tok.decode(ids) == ("<|system_start|>hi<|system_end|><|user_start|>abc?<|user_end|>"
+                               "<|assistant_start|>cba<|assistant_end|>")
+    assert [tok.decode([i]) for i, lr in zip(ids, learn, strict=True) if lr] == ["c", "b", "a", "<|assistant_end|>"]
+    assert chat.prompt_ids(tok, msgs[:2]) == ids[:ids.index(tok.special_tokens["<|assistant_start|>"]) + 1]
+    # role names typed as text are text, never the template's tokens
+    assert tok.special_tokens["<|user_start|>"] not in chat.render(tok, chat.parse_messages(
+        [{"role": "user", "content": "abc"}]))[0][1:-1]
+    with pytest.raises(UserError, match="not in the tokenizer's vocabulary"):
+        tok.encode("<|user_start|>")  # the char tokenizer has no '<' and '|': the name cannot be typed
+    assert CharTokenizer.from_json(tok.to_json()).to_json() == tok.to_json()
+    assert chat.chat_tokenizer(tok) is tok  # already has it
+
+
+@pytest.mark.parametrize("messages, fragment", [
+    ([], "non-empty list"),
+    ("hello", "non-empty list"),
+    ([{"role": "wizard", "content": "x"}], "role 'wizard'"),
+    ([{"role": "user"}], "string content"),
+    ([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], "only the first message"),
+    (["x"], "must be an object"),
+])
+def test_bad_messages_are_one_sentence(messages, fragment):
+    with pytest.raises(chat.ChatError, match=None) as e:
+        chat.parse_messages(messages)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_byte_level_tokenizers_get_added_special_tokens():
+    from scratchgpt.tokenizers.bpe_train import train_bpe
+
+    bpe = train_bpe(["the quick brown fox " * 50], vocab_size=300)
+    tok = chat.chat_tokenizer(bpe)
+    assert tok.vocab_size == bpe.vocab_size + 6 and tok.eot_token == bpe.eot_token
+    assert tok.encode("the fox") == bpe.encode("the fox")  # the old ids keep their meaning
+    ids, _ = chat.render(tok, chat.parse_messages([{"role": "user", "content": "the <|user_end|>"}]))
+    assert ids.count(tok.special_tokens["<|user_end|>"]) == 1  # typed, the name is plain text
+    assert type(tok).from_json(tok.to_json()).to_json() == tok.to_json()
+    assert chat.stop_ids(tok) == {tok.special_tokens["<|assistant_end|>"], bpe.eot_token}
+
+
+# ---- data: the loss mask and batches ---------------------------------------------------------------------------
+
+def test_the_loss_mask_covers_exactly_the_assistant_spans(chat_data, base_run):
+    loader = ChatLoader(chat_data, "train", BLOCK, 4, seed=3)
+    tok = chat.chat_tokenizer(ckpt.read_tokenizer(base_run))
+    x, y = loader.get_batch()
+    ids = np.fromfile(chat_data / "train.bin", dtype=np.uint16).astype(int)
+    offsets = np.fromfile(chat_data / "train.offsets.bin", dtype=np.int64)
+    convs = [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+    start, end = tok.special_tokens["<|assistant_start|>"], tok.special_tokens["<|assistant_end|>"]
+    for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
+        conv = next(c for c in convs if c[:-1] == row_x[:len(c) - 1])  # the conversation this row holds
+        want, inside = [], False  # targets are the tokens after an <|assistant_start|>, up to its <|assistant_end|>
+        for tok_id in conv[1:]:
+            want.append(tok_id if inside else -1)
+            inside = tok_id == start or (inside and tok_id != end)
+        assert row_y[:len(conv) - 1] == want
+        assert all(t == -1 for t in row_y[len(conv) - 1:])  # padding is never a target
+        learned = [t for t in row_y if t >= 0]
+        assert learned and learned[-1] == end and start not in learned
+
+
+def test_a_conversation_does_not_depend_on_its_batch_neighbours(chat_data):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=80)).eval()
+    x, _ = ChatLoader(chat_data, "train", BLOCK, 6, seed=1).get_batch()
+    with torch.no_grad():
+        batched = model(x)[0]
+        for r in range(x.size(0)):
+            alone = model(x[r:r + 1])[0][0]
+            assert torch.allclose(batched[r], alone, atol=1e-5)
+
+
+def test_bad_conversation_files_name_the_line(base_run, tmp_path, capsys):
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]})
+    cases = {
+        "not json": ("{oops", "line 2 is not valid JSON"),
+        "no messages": (json.dumps({"text": "x"}), 'line 2 must be an object with a "messages"'),
+        "unknown role": (json.dumps({"messages": [{"role": "bot", "content": "x"}]}), "line 2[0] has role 'bot'"),
+        "empty": (json.dumps({"messages": []}), "line 2 must be a non-empty list"),
+        "no reply": (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "line 2 has no assistant"),
+        "too long": (json.dumps({"messages": [{"role": "user", "content": "line " * 20},
+                                              {"role": "assistant", "content": "x"}]}), "longer than the context"),
+    }
+    for name, (bad, fragment) in cases.items():
+        f = write_jsonl(tmp_path / f"{name.replace(' ', '_')}.jsonl", [good, bad, good])
+        code = cli_main(["prepare", "chat", "--input", str(f), "--run", str(base_run), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error:") and fragment in err and "Traceback" not in err, (name, err)
+        assert not (tmp_path / "o").exists()
+
+
+# ---- fine-tuning ------------------------------------------------------------------------------------------------
+
+def test_fine_tuning_grows_the_vocabulary_and_learns_only_the_replies(sft_run, base_run):
+    base_model, base_tok, _ = ckpt.load_model(base_run)
+    model, tok, cfg = ckpt.load_model(sft_run, which="last")
+    assert chat.has_template(tok) and tok.vocab_size == base_tok.vocab_size + 6
+    assert cfg.model.vocab_size == base_model.config.vocab_size + 6 and cfg.data.format == "chat"
+    assert cfg.model.n_embd == base_model.config.n_embd  # the base run's shape
+    rows = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [4, 8]
+    assert all(np.isfinite(r["val_loss"]) for r in rows if r["kind"] == "eval")
+
+
+def test_new_token_rows_start_at_the_mean(base_run, chat_data):
+    cfg = sft_config(chat_data, base_run)
+    tok = chat.chat_tokenizer(ckpt.read_tokenizer(base_run))
+    cfg2, state = ckpt.init_from_run(cfg, tok)
+    base = ckpt.load_model(base_run)[0]
+    old = base.wte.weight.detach()
+    assert torch.equal(state["wte.weight"][: old.size(0)], old)
+    assert torch.allclose(state["wte.weight"][old.size(0):], old.mean(0).expand(6, -1))
+    assert cfg2.model.vocab_size == old.size(0) + 6
+
+
+def test_chat_fine_tuning_resumes_exactly(chat_data, base_run, tmp_path):
+    straight = train(sft_config(chat_data, base_run, max_iters=6, eval_interval=3), out_dir=tmp_path / "a",
+                     progress=False)
+    train(sft_config(chat_data, base_run, max_iters=3, eval_interval=3, lr_decay_iters=6), out_dir=tmp_path / "b",
+          progress=False)
+    cfg = ckpt.read_config(tmp_path / "b", ["--train.max_iters=6"])
+    resumed = train(cfg, resume=tmp_path / "b", progress=False)
+    assert resumed.step == straight.step == 6
+    a, b = ckpt.load_model(tmp_path / "a", "last")[0], ckpt.load_model(tmp_path / "b", "last")[0]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_a_chat_data_dir_needs_data_format_chat(chat_data, base_run):
+    cfg = from_dict({"data": {"dir": str(chat_data)}, "model": {"init_from": str(base_run)},
+                     "train": {"max_iters": 1, "device": "cpu"}})
+    with pytest.raises(UserError, match="holds chat data"):
+        train(cfg, out_dir=chat_data.parent / "x", progress=False)
+
+
+# ---- chatting -----------------------------------------------------------------------------------------------------
+
+def test_engine_and_api_answer_through_the_template(sft_run):
+    import scratchgpt
+
+    lm = scratchgpt.load(sft_run, dtype="float32")
+    msgs = [{"role": "user", "content": "spell fox"}]
+    reply = lm.chat(msgs, max_new_tokens=12, temperature=0)
+    tok = lm.tokenizer
+    ids = chat.prompt_ids(tok, chat.parse_messages(msgs))
+    raw = Engine(lm.model).generate_ids([ids], max_new_tokens=12, temperature=0)[0]
+    end = tok.special_tokens["<|assistant_end|>"]
+    assert reply == tok.decode(raw[:raw.index(end)] if end in raw else raw)  # ends at <|assistant_end|>
+    assert lm.chat(msgs, max_new_tokens=12, seed=3) == lm.chat(msgs, max_new_tokens=12, seed=3)
+
+
+def test_terminal_chat_keeps_history_reset_and_system(sft_run):
+    import scratchgpt
+
+    lm = scratchgpt.load(sft_run, dtype="float32")
+    lines = iter(["/system be brief", "spell fox", "/temperature 0", "spell dog", "/history", "/reset", "/history",
+                  "/quit"])
+
+    def read():
+        return next(lines)
+
+    out, err = io.StringIO(), io.StringIO()
+    s = lm.settings(max_new_tokens=8, temperature=0)
+    run_chat(lm.engine, s, read=read, out=out, err=err)
+    shown = err.getvalue()
+    assert "system message: 'be brief'" in shown
+    history = shown.split("system: be brief\n")
+    assert "user: spell fox" in history[1] and "user: spell dog" in history[1]
+    assert shown.count("user: spell fox") == 1  # the second /history (after /reset) lists only the system
+    assert len(out.getvalue().splitlines()) == 2  # two replies
+
+
+def test_cli_chat_refuses_a_run_without_template(base_run, capsys):
+    assert cli_main(["chat", str(base_run)]) == 2
+    err = capsys.readouterr().err
+    assert "has no chat template" in err and "Traceback" not in err
+
+
+# ---- the API ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chat_server(sft_run):
+    pytest.importorskip("fastapi")
+    from scratchgpt.serve import ServeLimits, create_app
+    from serve_util import running_server
+
+    app = create_app(sft_run, ServeLimits(max_batch=8, max_tokens=64, max_n=4))
+    with running_server(app) as base:
+        yield base, app.state.served
+
+
+def test_the_openai_client_chats_plain_and_streamed(chat_server):
+    openai = pytest.importorskip("openai")
+    base, served = chat_server
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30)
+    msgs = [{"role": "system", "content": "brief"}, {"role": "user", "content": "spell fox"}]
+    r = client.chat.completions.create(model=served.name, messages=msgs, max_tokens=12, seed=5, temperature=0.9)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    engine = Engine(served.model, served.tokenizer)
+    want = engine.chat(msgs, max_new_tokens=12, seed=5, temperature=0.9)
+    assert r.choices[0].message.content == want  # the same engine, the same seed, the same reply
+    assert r.choices[0].finish_reason in ("stop", "length")
+    prompt = len(chat.prompt_ids(served.tokenizer, chat.parse_messages(msgs)))
+    assert r.usage.prompt_tokens == prompt
+    pieces, roles, reasons, usage = [], [], [], None
+    for chunk in client.chat.completions.create(model=served.name, messages=msgs, max_completion_tokens=12, seed=5,
+                                                temperature=0.9, stream=True, stream_options={"include_usage": True}):
+        assert chunk.object == "chat.completion.chunk"
+        for c in chunk.choices:
+            roles.append(c.delta.role)
+            pieces.append(c.delta.content or "")
+            reasons.append(c.finish_reason)
+        usage = chunk.usage or usage
+    assert "".join(pieces) == want and roles[0] == "assistant"  # streamed equals whole for the seed
+    assert [x for x in reasons if x] == [r.choices[0].finish_reason] and usage.prompt_tokens == prompt
+    n = client.chat.completions.create(model=served.name, messages=msgs, max_tokens=6, n=3, seed=1)
+    assert [c.index for c in n.choices] == [0, 1, 2]
+    assert [c.message.content for c in n.choices] == engine.chat(msgs, max_new_tokens=6, seed=1, num_samples=3)
+    parts = client.chat.completions.create(model=served.name, max_tokens=6, seed=1, messages=[
+        {"role": "system", "content": "brief"}, {"role": "user", "content": [{"type": "text", "text": "spell fox"}]}])
+    plain = client.chat.completions.create(model=served.name, max_tokens=6, seed=1, messages=msgs)
+    assert parts.choices[0].message.content == plain.choices[0].message.content  # text parts: the same message
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"messages": []}, "non-empty list"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "role 'wizard'"),
+    ({"messages": [{"role": "user", "content": "line " * 20}]}, "context length"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "not supported for chat"),
+    ({"messages": [{"role": "user", "content": "\u4e2d"}]}, "not in the tokenizer"),
+])
+def test_bad_chat_requests_are_a_400(chat_server, body, fragment):
+    import httpx
+
+    r = httpx.post(f"{chat_server[0]}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.text
+
+
+def test_a_run_without_a_chat_template_is_a_400(base_run):
+    pytest.importorskip("fastapi")
+    import httpx
+
+    from scratchgpt.serve import create_app
+    from serve_util import running_server
+
+    with running_server(create_app(base_run)) as base:
+        r = httpx.post(f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
+        assert r.json()["error"]["param"] == "messages"
