@@ -10,6 +10,7 @@ give eager's answers but no longer compile the whole step). Skipped only where i
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -172,3 +173,23 @@ def test_compiled_decode_step_logits_equal_eager(model, compiled_engine, dynamo_
         torch.testing.assert_close(c, g, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(c, p, rtol=1e-4, atol=1e-5)
     assert_compiled_whole(dynamo_strict)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_decode_captured_in_cuda_graphs_equals_eager(model, dynamo_strict):
+    """On CUDA a compiled core captures its compiled step as the CUDA graphs (one per bucket, at the core's
+    first use): the fastest decode, and the combination the CPU cannot try."""
+    gpu = copy.deepcopy(model).cuda()
+    s = SamplingSettings(max_new_tokens=3 * W, temperature=0, window="half")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 matmuls alike in every path compared
+    try:
+        compiled = Engine(gpu, compile=True)
+        got = compiled.generate_ids(PROMPTS[:2], s)
+        assert compiled.core(2).graphed  # capture did not fall back to eager decoding
+        assert_compiled_whole(dynamo_strict)
+        assert got == Engine(gpu, cuda_graphs=False).generate_ids(PROMPTS[:2], s)
+        assert got == Engine(gpu).generate_ids(PROMPTS[:2], s, use_cache=False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
