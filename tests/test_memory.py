@@ -113,6 +113,7 @@ def test_loading_a_run_too_big_for_the_machine_is_refused(tmp_path, monkeypatch,
     assert f"need about {memory.fmt_bytes(need)} RAM to load" in line and not built
 
 
+@pytest.mark.gpu
 def test_cuda_device_memory_is_what_torch_reports():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
