@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from chat_util import BLOCK, make_base_run, make_chat_data, make_sft_run, sft_config, write_jsonl
 from scratchgpt import chat
 from scratchgpt import checkpoint as ckpt
-from scratchgpt.chat_data import ChatLoader, prepare_chat
+from scratchgpt.chat_data import ChatLoader
 from scratchgpt.cli import main as cli_main
 from scratchgpt.config import from_dict
 from scratchgpt.errors import UserError
@@ -25,56 +24,20 @@ from scratchgpt.repl import run_chat
 from scratchgpt.tokenizers import CharTokenizer
 from scratchgpt.train import train
 
-WORDS = ["line", "quick", "brown", "fox", "lazy", "dog", "over"]
-BLOCK = 48  # the base run's context: every conversation here fits it
-
-
-def conversations(n: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        w = WORDS[int(rng.integers(len(WORDS)))]
-        msgs = [{"role": "user", "content": f"spell {w}"}, {"role": "assistant", "content": " ".join(w)}]
-        if i % 3 == 0:
-            msgs = [{"role": "system", "content": "be brief"}] + msgs + [
-                {"role": "user", "content": "again"}, {"role": "assistant", "content": w}]
-        out.append({"messages": msgs})
-    return out
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
-
 
 @pytest.fixture(scope="module")
 def base_run(small_text_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("chat") / "base"
-    cfg = tiny_config(small_text_dir, max_iters=6, eval_interval=6)
-    train(replace(cfg, model=replace(cfg.model, block_size=BLOCK)), out_dir=out, progress=False)
-    return out
+    return make_base_run(small_text_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def chat_data(base_run, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("chatdata")
-    prepare_chat([write_jsonl(d / "conv.jsonl", conversations(40))], d / "data", ckpt.read_tokenizer(base_run), BLOCK)
-    return d / "data"
-
-
-def sft_config(chat_data: Path, base_run: Path, **train_kw):
-    t = {"max_iters": 8, "batch_size": 4, "eval_interval": 4, "eval_iters": 2, "log_interval": 1, "warmup_iters": 1,
-         "device": "cpu", "dtype": "float32", "learning_rate": 3e-3}
-    t.update(train_kw)
-    return from_dict({"data": {"dir": str(chat_data), "format": "chat"},
-                      "model": {"init_from": str(base_run), "dropout": 0.1}, "train": t}, name="sft")
+    return make_chat_data(base_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def sft_run(chat_data, base_run, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sft") / "run"
-    train(sft_config(chat_data, base_run), out_dir=out, progress=False)
-    return out
+    return make_sft_run(chat_data, base_run, tmp_path_factory)
 
 
 # ---- the template -------------------------------------------------------------------------------------------
@@ -121,7 +84,7 @@ def test_byte_level_tokenizers_get_added_special_tokens():
     ids, _ = chat.render(tok, chat.parse_messages([{"role": "user", "content": "the <|user_end|>"}]))
     assert ids.count(tok.special_tokens["<|user_end|>"]) == 1  # typed, the name is plain text
     assert type(tok).from_json(tok.to_json()).to_json() == tok.to_json()
-    assert chat.stop_ids(tok) == {tok.special_tokens["<|assistant_end|>"], bpe.eot_token}
+    assert chat.stop_ids(tok) == {tok.special_tokens[s] for s in chat.SPECIALS} | {bpe.eot_token}
 
 
 # ---- data: the loss mask and batches ---------------------------------------------------------------------------

@@ -92,3 +92,44 @@ def test_playground_streams_and_stops(small_text_dir, tmp_path_factory, browser_
         page.click("#generate")
         page.wait_for_function("!document.getElementById('error').hidden")
         assert "temperature" in page.inner_text("#error")
+
+
+def test_playground_chat_mode(small_text_dir, tmp_path_factory, browser_page):
+    from chat_util import make_base_run, make_chat_data, make_sft_run
+
+    base = make_base_run(small_text_dir, tmp_path_factory)
+    run = make_sft_run(make_chat_data(base, tmp_path_factory), base, tmp_path_factory)
+    app = create_app(run, ServeLimits(max_batch=4, max_tokens=200))
+    served = app.state.served
+    engine = Engine(served.model, served.tokenizer)
+    page = browser_page
+    with running_server(app) as url:
+        page.goto(url)
+        page.wait_for_function("!document.getElementById('mode-chat').disabled")
+        page.click("#mode-chat")
+        assert page.inner_text("#generate") == "Send"
+        page.fill("#system", "brief")
+        page.fill("#max-tokens", "10")
+        page.fill("#seed", "2")
+        page.fill("#prompt", "spell fox")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('status').textContent === 'done'")
+        msgs = [{"role": "system", "content": "brief"}, {"role": "user", "content": "spell fox"}]
+        first = engine.chat(msgs, max_new_tokens=10, temperature=0.8, seed=2)
+        bubbles = page.eval_on_selector_all("#chat-log .msg", "els => els.map(e => [e.className, e.textContent])")
+        assert bubbles == [["msg user", "spell fox"], ["msg assistant", first]]
+        # the second turn carries the history
+        page.fill("#prompt", "again")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#chat-log .msg').length === 4 && "
+                               "document.getElementById('status').textContent === 'done'")
+        second = engine.chat(msgs + [{"role": "assistant", "content": first}, {"role": "user", "content": "again"}],
+                             max_new_tokens=10, temperature=0.8, seed=2)
+        assert page.inner_text("#chat-log .msg:nth-child(4)") == second
+        page.click("#reset")
+        assert page.eval_on_selector_all("#chat-log .msg", "els => els.length") == 0
+        # a run without a chat template keeps the Chat mode off
+    with running_server(create_app(base, ServeLimits(max_batch=4))) as url:
+        page.goto(url)
+        page.wait_for_function(f"document.getElementById('model-name').textContent === {base.resolve().name!r}")
+        assert page.is_disabled("#mode-chat")

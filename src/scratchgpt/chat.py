@@ -16,8 +16,8 @@ A conversation is, token for token:
 
 Fine-tuning learns the assistant's text and its `<|assistant_end|>` (so the model learns when to stop);
 everything else is context, never a target. Generation feeds the conversation and `<|assistant_start|>`,
-and the reply ends at `<|assistant_end|>`. Role names in user text are plain text: a special token can
-only come from the template.
+and the reply ends at `<|assistant_end|>` (or any other template token). Role names in user text are plain
+text: a special token can only come from the template.
 """
 
 from __future__ import annotations
@@ -111,8 +111,10 @@ def prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
 
 
 def stop_ids(tokenizer) -> frozenset[int]:
-    """Tokens that end an assistant's reply: its closing token (and <|endoftext|> where there is one)."""
-    out = {_special(tokenizer, "<|assistant_end|>")}
+    """Tokens that end an assistant's reply: its closing token, and any other token of the template (a model
+    that starts another turn is done with this one), and <|endoftext|> where there is one. So a reply's text
+    never holds a template token."""
+    out = {_special(tokenizer, name) for name in SPECIALS}
     eot = getattr(tokenizer, "eot_token", None)
     if isinstance(eot, int):
         out.add(eot)

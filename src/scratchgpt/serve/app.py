@@ -102,6 +102,7 @@ def model_facts(served: ServedModel) -> dict:
         "vocab_size": tok.vocab_size,
         "context": m.block_size,
         "architecture": type(m).__name__,
+        "chat_template": has_template(tok),  # the page offers its chat mode when this is true
     }
     if isinstance(m, GPT):
         facts.update(n_layer=m.config.n_layer, n_head=m.config.n_head, n_embd=m.config.n_embd)

@@ -1,5 +1,6 @@
-// The playground: streams /v1/completions (server-sent events over fetch), Stop aborts the fetch,
-// shows tokens/s, the model's facts (/info) and the run's loss curve (/metrics) on a canvas.
+// The playground: streams /v1/completions, or /v1/chat/completions in chat mode (a run fine-tuned on
+// conversations), as server-sent events over fetch; Stop aborts the fetch. Shows tokens/s, the model's facts
+// (/info) and the run's loss curve (/metrics) on a canvas.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,7 +8,7 @@ let controller = null; // the AbortController of the request in flight, if any
 
 function setRunning(running) {
   const b = $("generate");
-  b.textContent = running ? "Stop" : "Generate";
+  b.textContent = running ? "Stop" : (mode === "chat" ? "Send" : "Generate");
   b.classList.toggle("stop", running);
 }
 
@@ -22,6 +23,36 @@ function numberOr(id, fallback) {
 }
 
 let contextLength = null;  // the model's context in tokens, from /info
+let mode = "complete";  // complete | chat
+let history = [];  // chat mode: the conversation so far, [{role, content}]
+
+function setMode(m) {
+  mode = m;
+  $("mode-complete").classList.toggle("active", m === "complete");
+  $("mode-chat").classList.toggle("active", m === "chat");
+  $("chat-panel").hidden = m !== "chat";
+  $("output").hidden = m === "chat";
+  $("prompt-label").textContent = m === "chat" ? "Message" : "Prompt";
+  $("prompt").placeholder = m === "chat" ? "Type a message, then Send (Ctrl+Enter)" : "Type a prompt, then Generate (Ctrl+Enter)";
+  setRunning(false);
+}
+
+function bubble(role, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${role}`;
+  div.textContent = text;
+  $("chat-log").append(div);
+  return div;
+}
+
+function chatBody() {
+  const body = requestBody();
+  delete body.prompt;
+  delete body.truncate_prompt_tokens;
+  const system = $("system").value.trim();
+  body.messages = (system ? [{ role: "system", content: system }] : []).concat(history);
+  return body;
+}
 
 function requestBody() {
   const body = {
@@ -43,8 +74,18 @@ function requestBody() {
 
 async function generate() {
   showError("");
-  $("echo").textContent = $("prompt").value;
-  $("completion").textContent = "";
+  let out = $("completion"), userText = null;
+  if (mode === "chat") {
+    userText = $("prompt").value;
+    if (!userText.trim()) return;
+    history.push({ role: "user", content: userText });
+    bubble("user", userText);
+    out = bubble("assistant", "");
+    $("prompt").value = "";
+  } else {
+    $("echo").textContent = $("prompt").value;
+  }
+  out.textContent = "";
   $("tps").textContent = "–";
   $("ttft").textContent = "–";
   $("ntokens").textContent = "0";
@@ -58,10 +99,11 @@ async function generate() {
     if (secs > 0 && n > 0) $("tps").textContent = (n / secs).toFixed(1);
   };
   try {
-    const res = await fetch("/v1/completions", {
+    const chat = mode === "chat";
+    const res = await fetch(chat ? "/v1/chat/completions" : "/v1/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(requestBody()),
+      body: JSON.stringify(chat ? chatBody() : requestBody()),
       signal: controller.signal,
     });
     if (!res.ok) {
@@ -89,12 +131,13 @@ async function generate() {
           if (msg.error) throw new Error(msg.error.message);
           if (msg.usage) usage = msg.usage;
           for (const c of msg.choices || []) {
-            if (!c.text) continue;
+            const piece = chat ? (c.delta && c.delta.content) : c.text;
+            if (!piece) continue;
             if (first === null) {
               first = performance.now();
               $("ttft").textContent = `${Math.round(first - t0)} ms`;
             }
-            $("completion").textContent += c.text;
+            out.textContent += piece;
             pieces += 1;
             $("ntokens").textContent = String(pieces);
             rate(pieces);
@@ -107,7 +150,12 @@ async function generate() {
       rate(usage.completion_tokens);
     }
     $("status").textContent = "done";
+    if (mode === "chat") history.push({ role: "assistant", content: out.textContent });
   } catch (e) {
+    if (mode === "chat" && userText !== null) {  // the turn did not complete: keep what was said, forget it
+      if (out.textContent) history.push({ role: "assistant", content: out.textContent });
+      else { history.pop(); out.remove(); }
+    }
     if (e.name === "AbortError") {
       $("status").textContent = "stopped";
     } else {
@@ -133,6 +181,7 @@ function fmt(v) {
 async function loadInfo() {
   const info = await (await fetch("/info")).json();
   contextLength = info.facts.context;
+  $("mode-chat").disabled = !info.facts.chat_template;
   $("model-name").textContent = info.model;
   document.title = `${info.model} · scratchgpt playground`;
   const f = info.facts;
@@ -210,6 +259,9 @@ async function loadLoss() {
 }
 
 $("generate").addEventListener("click", toggle);
+$("mode-complete").addEventListener("click", () => setMode("complete"));
+$("mode-chat").addEventListener("click", () => setMode("chat"));
+$("reset").addEventListener("click", () => { history = []; $("chat-log").replaceChildren(); });
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); toggle(); }
 });
