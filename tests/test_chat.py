@@ -296,3 +296,47 @@ def test_a_run_without_a_chat_template_is_a_400(base_run):
         r = httpx.post(f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
         assert r.json()["error"]["param"] == "messages"
+
+
+def test_the_gpt2_recipe_fine_tunes_an_imported_gpt2_offline(tmp_path, capsys):
+    """configs/chat/gpt2_sft.toml on a random GPT-2-shaped stand-in (GPT-2's real files need a download):
+    import-hf, prepare chat, train with the recipe, chat. GPT-2's tokenizer gets the template's tokens."""
+    transformers = pytest.importorskip("transformers")
+    from scratchgpt.interop.hf_tokenizer import ranks_to_hf
+    from scratchgpt.tokenizers.bpe_train import train_bpe
+
+    text = "spell the word fox, then say it again. " * 40
+    bpe = train_bpe([text], 300, pattern="gpt2", special_tokens=[])
+    vocab, merges = ranks_to_hf({t: i for i, t in enumerate(bpe.vocab)}, {"<|endoftext|>": len(bpe.vocab)})
+    src = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=len(vocab))
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(src, safe_serialization=True)
+    (src / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (src / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    run = tmp_path / "runs" / "gpt2"
+    assert cli_main(["import-hf", str(src), "--out", str(run)]) == 0
+    assert not (run / "tokenizer.json").is_file()  # a stand-in vocabulary is not GPT-2's own: give it the run
+    from scratchgpt.tokenizers.gpt2 import load_gpt2
+
+    (run / "tokenizer.json").write_text(json.dumps(load_gpt2(src / "vocab.json").to_json()), encoding="utf-8")
+    rows = [{"messages": [{"role": "user", "content": "spell fox"}, {"role": "assistant", "content": "f o x"}]}] * 12
+    conv = write_jsonl(tmp_path / "mine.jsonl", rows)
+    data = tmp_path / "data" / "my_chat"
+    assert cli_main(["prepare", "chat", "--input", str(conv), "--run", str(run), "--out", str(data)]) == 0
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "chat" / "gpt2_sft.toml"
+    out = tmp_path / "runs" / "gpt2_sft"
+    assert cli_main(["train", str(recipe), "--out", str(out), "--quiet", f"--data.dir={data}",
+                     f"--model.init_from={run}", "--train.max_iters=4", "--train.eval_interval=2",
+                     "--train.eval_iters=1", "--train.batch_size=2", "--train.grad_accum_steps=1",
+                     "--train.device=cpu"]) == 0
+    tok = ckpt.read_tokenizer(out)
+    assert tok.kind == "gpt2" and chat.has_template(tok)
+    assert tok.special_tokens["<|system_start|>"] == len(vocab)  # right after <|endoftext|>
+    assert ckpt.read_config(out).model.block_size == 64  # the imported model's context
+    import scratchgpt
+
+    reply = scratchgpt.load(out, dtype="float32").chat([{"role": "user", "content": "spell fox"}], max_new_tokens=5,
+                                                       temperature=0)
+    assert isinstance(reply, str) and "<|" not in reply
+    capsys.readouterr()
