@@ -340,3 +340,16 @@ def test_the_gpt2_recipe_fine_tunes_an_imported_gpt2_offline(tmp_path, capsys):
                                                        temperature=0)
     assert isinstance(reply, str) and "<|" not in reply
     capsys.readouterr()
+
+
+def test_export_keeps_the_template_tokens(sft_run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    assert cli_main(["export", str(sft_run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    ours = ckpt.read_tokenizer(sft_run)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids, _ = chat.render(ours, chat.parse_messages([{"role": "user", "content": "spell fox"},
+                                                    {"role": "assistant", "content": "f o x"}]))
+    assert len(theirs) == ours.vocab_size and theirs.decode(ids) == ours.decode(ids)
+    assert theirs.encode(ours.decode(ids)) == ids  # the template's tokens keep their ids
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
+    assert hf_model.config.vocab_size == ckpt.read_config(sft_run).model.vocab_size

@@ -200,8 +200,11 @@ def hf_tokenizer_files(tokenizer: Any, model_max_length: int) -> tuple[dict[str,
     fuse = {"type": "Fuse"}  # tokens joined as they are (the library's default joins them with spaces)
     if kind == "char":
         model = {"type": "WordLevel", "vocab": {c: i for i, c in enumerate(tokenizer.chars)}, "unk_token": UNK}
-        files = {"tokenizer.json": _tokenizer_json(model, _split_by(r"[\s\S]"), fuse), **_config_files(model_max_length)}
-        return files, "wrote the 'char' tokenizer as tokenizer.json (one token per character)"
+        special = tokenizer.special_tokens  # a chat template's, after the characters
+        files = {"tokenizer.json": _tokenizer_json(model, _split_by(r"[\s\S]"), fuse, special),
+                 **_config_files(model_max_length)}
+        return files, ("wrote the 'char' tokenizer as tokenizer.json (one token per character"
+                       + (f", and {len(special)} special tokens)" if special else ")"))
     if kind == "word":
         model = {"type": "WordLevel", "vocab": {w: i for i, w in enumerate(tokenizer.words)}, "unk_token": UNK}
         files = {"tokenizer.json": _tokenizer_json(model, _split_by(tokenizer.pattern), fuse),
