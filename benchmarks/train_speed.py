@@ -1,6 +1,6 @@
 """Training speed: tokens/s, ms per step, MFU and peak memory of recipes on random tokens (one process).
 
-    python benchmarks/train_speed.py configs/gpt2_124m_bench.toml --peak-flops 989e12
+    python benchmarks/train_speed.py configs/gpt2_124m.toml --peak-flops 989e12
     python benchmarks/train_speed.py configs/shakespeare_char_cpu.toml --steps 10 --device cpu
 
 Same as `scratchgpt bench`, for several recipes at once; `--section.key=value` overrides apply to all.

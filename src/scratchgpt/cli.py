@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace the run already in the run directory (it stays until the new run's first checkpoint)")
 
     pb = sub.add_parser("bench", help="training speed of a recipe on random tokens: tokens/s, ms/step, MFU, memory")
-    pb.add_argument("config", help="recipe, e.g. configs/gpt2_124m_bench.toml; --section.key=value overrides any key")
+    pb.add_argument("config", help="recipe, e.g. configs/gpt2_124m.toml; --section.key=value overrides any key")
     pb.add_argument("--steps", type=STEPS, default=20, help="timed steps")
     pb.add_argument("--warmup", type=_number(ints(0)), default=5, help="untimed steps first (torch.compile compiles here)")
     pb.add_argument("--batch-size", type=BATCH, default=None, help="train.batch_size for this run")
