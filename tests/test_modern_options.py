@@ -19,7 +19,7 @@ from scratchgpt.flops import flops_per_token, matmul_params, mfu
 from scratchgpt.models import ModelConfig
 from scratchgpt.models import gpt as gpt_module
 from scratchgpt.models.gpt import GPT, MLP, GPTConfig, RMSNorm, apply_rope, rope_tables
-from scratchgpt.optim import OptimizerSet, build_muon, configure_optimizer
+from scratchgpt.optim import Muon, OptimizerSet, build_muon, configure_optimizer
 from scratchgpt.train import train
 
 
@@ -130,7 +130,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     opt = configure_optimizer(m, t, torch.device("cpu"))
     assert isinstance(opt, OptimizerSet)
     adamw, muon = opt.optimizers
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): n for n, p in m.named_parameters()}
     muon_names = {names[id(p)] for g in muon.param_groups for p in g["params"]}
     assert muon_names == {n for n, p in m.named_parameters() if n.startswith("h.") and p.dim() == 2}
@@ -152,15 +152,39 @@ def test_muon_run_resumes_exactly(small_text_dir, tmp_path):
         assert torch.equal(pa, pb), name
 
 
-def test_muon_misuse_is_one_sentence(monkeypatch):
+def test_muon_misuse_is_one_sentence():
     t = from_dict({"train": {"optimizer": "muon"}}).train
     with pytest.raises(ConfigError, match=r"Muon orthogonalizes 2-D matrices, but 'ln.weight' is 1-D"):
-        build_muon([("ln.weight", torch.nn.Parameter(torch.ones(4)))], t)
+        build_muon([("ln.weight", torch.nn.Parameter(torch.ones(4)))], t, torch.device("cpu"))
     with pytest.raises(ConfigError, match="model.arch = bigram has none"):
         from_dict({"model": {"arch": "bigram"}, "train": {"optimizer": "muon"}})
-    monkeypatch.delattr(torch.optim, "Muon")
-    with pytest.raises(ConfigError, match="needs torch.optim.Muon"):
-        configure_optimizer(_model(), t, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_our_muon_is_torchs_in_bf16_and_close_in_fp32():
+    """Our Muon is torch.optim.Muon step for step when it orthogonalizes in bf16 as torch's does (bit for
+    bit, state included); in fp32 (CPUs without native bf16) it follows the same path within bf16's precision."""
+    torch.manual_seed(0)
+    weights = [torch.randn(32, 16), torch.randn(16, 48)]
+    grads = [[torch.randn_like(w) for w in weights] for _ in range(4)]
+
+    def run(opt_cls, **kw):
+        ps = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = opt_cls(ps, lr=0.02, weight_decay=0.1, momentum=0.95, **kw)
+        for g in grads:
+            for p, gi in zip(ps, g, strict=True):
+                p.grad = gi.clone()
+            opt.step()
+        return ps, opt
+
+    theirs, topt = run(torch.optim.Muon)
+    ours, oopt = run(Muon, ns_dtype=torch.bfloat16)
+    assert all(torch.equal(a, b) for a, b in zip(theirs, ours, strict=True))
+    for a, b in zip(theirs, ours, strict=True):
+        assert torch.equal(topt.state[a]["momentum_buffer"], oopt.state[b]["momentum_buffer"])
+    fp32, _ = run(Muon, ns_dtype=torch.float32)
+    assert all(torch.allclose(a, b, atol=0.02 * 4 * 0.05, rtol=0) for a, b in zip(theirs, fp32, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(theirs, fp32, strict=True))  # it did orthogonalize in fp32
 
 
 def test_flops_per_token_is_6n_plus_attention():
