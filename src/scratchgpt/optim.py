@@ -74,17 +74,19 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic Newton-Sc
 
 def orthogonalize(update: torch.Tensor, dtype: torch.dtype, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
     """Newton-Schulz iterations towards the nearest semi-orthogonal matrix (U V^T of the update's SVD, with
-    singular values left near 1), computed in `dtype`: torch.optim.Muon's iteration, step for step."""
+    singular values left near 1), computed in `dtype`: torch.optim.Muon's iteration, step for step. `update`
+    is one matrix (R, C) or a stack of them (N, R, C), each orthogonalized on its own."""
     a, b, c = NS_COEFFICIENTS
     x = update.to(dtype)
-    tall = update.size(0) > update.size(1)
+    tall = update.size(-2) > update.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * (gram @ gram)) @ x if x.dim() == 3 else torch.addmm(
+            x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Optimizer):
@@ -101,13 +103,23 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            updates = []
+            for p in params:
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                 buf.lerp_(p.grad, 1 - mu)
-                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-                update = orthogonalize(update, self.ns_dtype)
+                updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
+            if self.ns_dtype == torch.bfloat16:  # one matrix at a time: exactly torch.optim.Muon's arithmetic
+                updates = [orthogonalize(u, self.ns_dtype) for u in updates]
+            else:  # matrices of one shape (the same layer in every block) orthogonalized as one batch
+                by_shape: dict[tuple[int, ...], list[int]] = {}
+                for i, u in enumerate(updates):
+                    by_shape.setdefault(tuple(u.shape), []).append(i)
+                for idx in by_shape.values():
+                    for i, o in zip(idx, orthogonalize(torch.stack([updates[i] for i in idx]), self.ns_dtype),
+                                    strict=True):
+                        updates[i] = o
+            for p, update in zip(params, updates, strict=True):
                 p.mul_(1 - lr * wd)
                 p.add_(update, alpha=-lr * math.sqrt(max(1, p.size(0) / p.size(1))))
 
