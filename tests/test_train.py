@@ -101,6 +101,15 @@ def test_lr_decay_horizon_linear_and_constant():
     assert {lr_at(s, c) for s in (0, 5, 10, 50, 99)} == {1e-3}
 
 
+def test_wsd_holds_the_lr_then_cools_down_linearly_over_the_last_fraction_and_follows_the_clock():
+    t = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=0, max_iters=100, lr_schedule="wsd",
+                    cooldown_frac=0.25)
+    assert {lr_at(s, t) for s in (0, 40, 75)} == {1e-3}  # stable until 75% of the span
+    assert math.isclose(lr_at(80, t), 1e-4 + 0.8 * 9e-4) and math.isclose(lr_at(90, t), 1e-4 + 0.4 * 9e-4)
+    assert lr_at(100, t) == lr_at(500, t) == 1e-4
+    assert math.isclose(lr_at(1, t, time_frac=0.9), lr_at(90, t))  # the clock's progress when it is ahead
+
+
 def test_weight_decay_applies_to_matrices_only():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11, bias=True))

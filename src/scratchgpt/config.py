@@ -39,7 +39,8 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_iters: int = 100
     lr_decay_iters: int = 0  # 0: decay over max_iters
-    lr_schedule: str = "cosine"  # cosine | linear | constant
+    lr_schedule: str = "cosine"  # cosine | linear | wsd (flat, then linear over cooldown_frac) | constant
+    cooldown_frac: float = 0.4  # wsd: the share of the decay span spent cooling down to min_lr at the end
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -85,7 +86,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp": ("gelu", "gelu_tanh", "relu", "relu2", "none"),
     "model.init_scheme": ("gpt2", "torch"),
     "model.attention": ("sdpa", "manual"),
-    "train.lr_schedule": ("cosine", "linear", "constant"),
+    "train.lr_schedule": ("cosine", "linear", "wsd", "constant"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.dtype": ("auto", "float32", "bfloat16"),
     "train.optimizer": ("adamw", "muon"),
@@ -112,6 +113,7 @@ RANGES: dict[str, Range] = {
     "train.min_lr": NOT_NEGATIVE,
     "train.warmup_iters": ints(0),
     "train.lr_decay_iters": ints(0),
+    "train.cooldown_frac": floats(0.0, 1.0, lo_open=True),
     "train.weight_decay": NOT_NEGATIVE,
     "train.beta1": UNIT_OPEN,
     "train.beta2": UNIT_OPEN,

@@ -166,6 +166,8 @@ def configure_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) 
 def lr_at(step: int, t: TrainConfig, time_frac: float | None = None) -> float:
     """Linear warmup from 0 to learning_rate, then cosine (or linear) decay to min_lr, then flat.
 
+    `wsd` (warmup-stable-decay) holds learning_rate and decays linearly over the last `cooldown_frac` of the span.
+
     With `time_frac` (the share of train.time_limit used so far, for train.schedule_by_time), the decay
     is as far along as the larger of the step's and the clock's progress, so it ends by the deadline.
     """
@@ -179,7 +181,12 @@ def lr_at(step: int, t: TrainConfig, time_frac: float | None = None) -> float:
         frac = max(frac, time_frac)
     if frac >= 1.0:
         return t.min_lr
-    coeff = 0.5 * (1.0 + math.cos(math.pi * frac)) if t.lr_schedule == "cosine" else 1.0 - frac
+    if t.lr_schedule == "cosine":
+        coeff = 0.5 * (1.0 + math.cos(math.pi * frac))
+    elif t.lr_schedule == "wsd":
+        coeff = min(1.0, (1.0 - frac) / t.cooldown_frac)
+    else:
+        coeff = 1.0 - frac
     return t.min_lr + coeff * (t.learning_rate - t.min_lr)
 
 
