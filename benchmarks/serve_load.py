@@ -12,6 +12,10 @@ server do not share an interpreter. Then:
    /health answers (ok / failed, slowest).
 2. batching: `--compare` requests all at once, then the same requests one after another: total tokens/s of
    each, and the ratio (what continuous batching buys).
+3. hostile (`--hostile N`): N rounds of bad requests at once (an 8 MB body over the 4 MB cap, a 3 MB prompt
+   that must be tokenized before it is refused as too long, a seed past 64 bits, logprobs 6, broken JSON)
+   beside 4 ordinary streaming requests, with /health polled every 0.05 s: the status of each kind, whether
+   the ordinary ones completed, and /health's p50 / slowest answer.
 
 The fresh model, when no --run-dir is given, is a char model with random weights (speed does not depend on
 them): 4 layers / 4 heads / 128 wide, block 256 (0.8M parameters), the vocabulary of printable ASCII.
@@ -87,7 +91,7 @@ async def one_stream(client: httpx.AsyncClient, body: dict, timeout: float) -> d
     return {"ttft": first, "tokens": tokens, "seconds": time.perf_counter() - t0}
 
 
-async def poll_health(client: httpx.AsyncClient, stop: asyncio.Event, out: dict) -> None:
+async def poll_health(client: httpx.AsyncClient, stop: asyncio.Event, out: dict, every: float = 0.2) -> None:
     while not stop.is_set():
         t0 = time.perf_counter()
         try:
@@ -97,8 +101,9 @@ async def poll_health(client: httpx.AsyncClient, stop: asyncio.Event, out: dict)
             ok = False
         out["ok" if ok else "failed"] += 1
         out["slowest"] = max(out["slowest"], time.perf_counter() - t0)
+        out.setdefault("times", []).append(time.perf_counter() - t0)
         try:
-            await asyncio.wait_for(stop.wait(), 0.2)
+            await asyncio.wait_for(stop.wait(), every)
         except TimeoutError:
             pass
 
@@ -137,6 +142,38 @@ async def batching_phase(base: str, n: int, max_tokens: int, deadline: float) ->
     return sum(r["tokens"] for r in together) / t_together, sum(r["tokens"] for r in alone) / t_alone
 
 
+HOSTILE = {  # kind: (request arguments, the status that kind must get)
+    "body over the cap": (lambda: {"content": b'{"prompt": "' + b"x" * (8 * 2**20) + b'"}'}, 413),
+    "3 MB prompt": (lambda: {"json": {"prompt": "to be or not " * 240_000, "max_tokens": 1}}, 400),
+    "seed past 64 bits": (lambda: {"json": {"prompt": "x", "max_tokens": 1, "seed": 2**70}}, 400),
+    "logprobs 6": (lambda: {"json": {"prompt": "x", "max_tokens": 1, "logprobs": 6}}, 400),
+    "broken JSON": (lambda: {"content": b'{"prompt": "x", "max_tok'}, 400),
+}
+
+
+async def hostile_phase(base: str, rounds: int, max_tokens: int, deadline: float) -> dict:
+    """Bad requests of every HOSTILE kind, `rounds` times over, at once, beside 4 ordinary streams."""
+    health: dict = {"ok": 0, "failed": 0, "slowest": 0.0, "times": []}
+    statuses: dict[str, list[int]] = {k: [] for k in HOSTILE}
+    stop = asyncio.Event()
+    headers = {"content-type": "application/json"}
+
+    async def bad(client: httpx.AsyncClient, kind: str) -> None:
+        try:
+            r = await client.post("/v1/completions", headers=headers, timeout=deadline, **HOSTILE[kind][0]())
+            statuses[kind].append(r.status_code)
+        except httpx.HTTPError:
+            statuses[kind].append(0)
+
+    async with httpx.AsyncClient(base_url=base, timeout=deadline) as client:
+        poller = asyncio.create_task(poll_health(client, stop, health, every=0.05))
+        good = [one_stream(client, body(1000 + i, max_tokens), deadline) for i in range(4)]
+        results = await asyncio.gather(*good, *(bad(client, k) for _ in range(rounds) for k in HOSTILE))
+        stop.set()
+        await poller
+    return {"health": health, "statuses": statuses, "good": results[:4]}
+
+
 def pct(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
@@ -152,6 +189,7 @@ def main() -> None:
     ap.add_argument("--compare", type=int, default=32, help="requests at once vs one after another (0: skip)")
     ap.add_argument("--deadline", type=float, default=300.0, help="seconds the load phase may take in all")
     ap.add_argument("--threads", type=int, default=0, help="the server's CPU threads (0: torch's default)")
+    ap.add_argument("--hostile", type=int, default=0, help="rounds of bad requests beside ordinary ones (0: skip)")
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
@@ -182,6 +220,7 @@ def main() -> None:
         together = alone = None
         if args.compare:
             together, alone = asyncio.run(batching_phase(base, args.compare, args.max_tokens, args.deadline))
+        hostile = asyncio.run(hostile_phase(base, args.hostile, args.max_tokens, args.deadline)) if args.hostile else None
         alive = server.poll() is None and httpx.get(f"{base}/health", timeout=5).status_code == 200
         stats = httpx.get(f"{base}/health").json()
     finally:
@@ -211,11 +250,23 @@ def main() -> None:
         rows += [(f"{args.compare} concurrent: total throughput", f"{together:,.0f} tokens/s"),
                  (f"{args.compare} sequential: total throughput", f"{alone:,.0f} tokens/s"),
                  ("concurrent / sequential", f"{together / alone:.1f}x")]
+    hostile_failed = False
+    if hostile is not None:
+        hh, times = hostile["health"], hostile["health"]["times"]
+        for kind, got in hostile["statuses"].items():
+            want = HOSTILE[kind][1]
+            hostile_failed |= any(code != want for code in got)
+            rows.append((f"hostile: {kind} (want {want})", ", ".join(f"{got.count(c)} x {c}" for c in sorted(set(got)))))
+        good_ok = sum("error" not in r for r in hostile["good"])
+        hostile_failed |= good_ok != len(hostile["good"]) or hh["failed"] > 0
+        rows += [("hostile: ordinary streams beside them", f"{good_ok} of {len(hostile['good'])} completed"),
+                 ("hostile: /health p50 / slowest", f"{pct(times, 50) * 1000:.0f} / {hh['slowest'] * 1000:.0f} ms "
+                  f"({hh['ok']} ok, {hh['failed']} failed)")]
     width = max(len(k) for k, _ in rows)
     print(f"| {'measure'.ljust(width)} | value |\n| {'-' * width} | --- |")
     for k, v in rows:
         print(f"| {k.ljust(width)} | {v} |")
-    if errors or not alive:
+    if errors or not alive or hostile_failed:
         sys.exit(1)
 
 
