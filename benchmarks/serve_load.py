@@ -14,7 +14,8 @@ server do not share an interpreter. Then:
    each, and the ratio (what continuous batching buys).
 3. hostile (`--hostile N`): N rounds of bad requests at once (an 8 MB body over the 4 MB cap, a 3 MB prompt
    that must be tokenized before it is refused as too long, a seed past 64 bits, logprobs 6, broken JSON)
-   beside 4 ordinary streaming requests, with /health polled every 0.05 s: the status of each kind, whether
+   beside 4 ordinary streaming requests, with /health polled every 0.05 s from another process (this one is
+   busy sending the bad bodies): the status of each kind, whether
    the ordinary ones completed, and /health's p50 / slowest answer.
 
 The fresh model, when no --run-dir is given, is a char model with random weights (speed does not depend on
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -91,7 +93,7 @@ async def one_stream(client: httpx.AsyncClient, body: dict, timeout: float) -> d
     return {"ttft": first, "tokens": tokens, "seconds": time.perf_counter() - t0}
 
 
-async def poll_health(client: httpx.AsyncClient, stop: asyncio.Event, out: dict, every: float = 0.2) -> None:
+async def poll_health(client: httpx.AsyncClient, stop: asyncio.Event, out: dict) -> None:
     while not stop.is_set():
         t0 = time.perf_counter()
         try:
@@ -101,9 +103,8 @@ async def poll_health(client: httpx.AsyncClient, stop: asyncio.Event, out: dict,
             ok = False
         out["ok" if ok else "failed"] += 1
         out["slowest"] = max(out["slowest"], time.perf_counter() - t0)
-        out.setdefault("times", []).append(time.perf_counter() - t0)
         try:
-            await asyncio.wait_for(stop.wait(), every)
+            await asyncio.wait_for(stop.wait(), 0.2)
         except TimeoutError:
             pass
 
@@ -153,9 +154,7 @@ HOSTILE = {  # kind: (request arguments, the status that kind must get)
 
 async def hostile_phase(base: str, rounds: int, max_tokens: int, deadline: float) -> dict:
     """Bad requests of every HOSTILE kind, `rounds` times over, at once, beside 4 ordinary streams."""
-    health: dict = {"ok": 0, "failed": 0, "slowest": 0.0, "times": []}
     statuses: dict[str, list[int]] = {k: [] for k in HOSTILE}
-    stop = asyncio.Event()
     headers = {"content-type": "application/json"}
 
     async def bad(client: httpx.AsyncClient, kind: str) -> None:
@@ -165,13 +164,40 @@ async def hostile_phase(base: str, rounds: int, max_tokens: int, deadline: float
         except httpx.HTTPError:
             statuses[kind].append(0)
 
+    # /health is polled from another process: this one's event loop is busy building and sending megabytes
+    # of bad bodies, and its own delays are not the server's
+    ctx = multiprocessing.get_context("spawn")
+    stop, answers = ctx.Event(), ctx.Queue()
+    poller = ctx.Process(target=_poll_health_process, args=(base, stop, answers))
+    poller.start()
+    await asyncio.sleep(1.0)  # the poller is up and polling before the first bad request
     async with httpx.AsyncClient(base_url=base, timeout=deadline) as client:
-        poller = asyncio.create_task(poll_health(client, stop, health, every=0.05))
         good = [one_stream(client, body(1000 + i, max_tokens), deadline) for i in range(4)]
         results = await asyncio.gather(*good, *(bad(client, k) for _ in range(rounds) for k in HOSTILE))
-        stop.set()
-        await poller
+    await asyncio.sleep(0.5)
+    stop.set()
+    health = answers.get(timeout=30)
+    poller.join(30)
     return {"health": health, "statuses": statuses, "good": results[:4]}
+
+
+def _poll_health_process(base: str, stop, answers) -> None:
+    """GET /health every 0.05 s until `stop`; put {"ok", "failed", "slowest", "times"} on `answers`."""
+    out: dict = {"ok": 0, "failed": 0, "slowest": 0.0, "times": []}
+    with httpx.Client(base_url=base, timeout=5) as client:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                r = client.get("/health")
+                ok = r.status_code == 200 and r.json()["status"] == "ok"
+            except httpx.HTTPError:
+                ok = False
+            dt = time.perf_counter() - t0
+            out["ok" if ok else "failed"] += 1
+            out["slowest"] = max(out["slowest"], dt)
+            out["times"].append(dt)
+            stop.wait(0.05)
+    answers.put(out)
 
 
 def pct(values: list[float], q: float) -> float:

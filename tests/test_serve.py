@@ -437,6 +437,29 @@ def test_health_answers_while_a_prompt_is_being_tokenized(run_dir):
         assert answered < done["at"]  # the event loop was free while the prompt was tokenized
 
 
+def test_a_megabytes_long_char_prompt_is_refused_without_being_tokenized(run_dir):
+    """One id per character: the prompt's length alone says it cannot fit, so the server never spends the
+    interpreter lock tokenizing it (what kept /health waiting when such prompts arrived together)."""
+    from scratchgpt.serve import ServedModel
+
+    model, tok, _ = ckpt_load(run_dir)
+    calls = []
+
+    class Counting(type(tok)):
+        def encode_array(self, text, errors="strict"):
+            calls.append(len(text))
+            return super().encode_array(text, errors)
+
+    counting = Counting(tok.chars, tok.specials)
+    with running_server(create_app(ServedModel(model, counting, name="m"), LIMITS)) as base:
+        r = httpx.post(f"{base}/v1/completions", json={"prompt": "a" * 3_000_000, "max_tokens": 1}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert "3,000,000" in r.json()["error"]["message"] and calls == []
+        ok = httpx.post(f"{base}/v1/completions", json={"prompt": "a" * 8, "max_tokens": 1,
+                                                         "truncate_prompt_tokens": 4}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 4 and calls == [8]
+
+
 @pytest.mark.parametrize("body, param", [
     ({"prompt": "x", "max_tokens": 301}, "max_tokens"),
     ({"prompt": "x", "max_tokens": -1}, "max_tokens"),

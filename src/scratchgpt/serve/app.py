@@ -40,6 +40,7 @@ from ..models import GPT
 from ..plots import read_metrics
 from ..runtime import resolve_device
 from ..sampling import SamplingSettings
+from ..tokenizers import CharTokenizer
 from .scheduler import Job, Scheduler
 from .schemas import (
     APIError,
@@ -343,6 +344,12 @@ def _encode(tokenizer, text: str) -> list[int]:
         raise APIError(400, f"'prompt' cannot be tokenized: {e}", "prompt") from None
 
 
+def _fewest_tokens(tokenizer, text: str) -> int:
+    """A lower bound on len(tokenizer.encode(text)) that costs nothing: exact for the char tokenizer (one id per
+    character); 0 for the others, whose tokens can span any number of characters (an unknown word is one id)."""
+    return len(text) if isinstance(tokenizer, CharTokenizer) else 0
+
+
 def _check_ids(ids: list[int], vocab: int, param: str) -> None:
     if ids and (min(ids) < 0 or max(ids) >= vocab):
         raise APIError(400, f"'{param}' token ids must be in [0, {vocab}), got {min(ids)}..{max(ids)}", param)
@@ -392,18 +399,22 @@ def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits) 
                        "truncate_prompt_tokens")
     ids, texts = [], []
     for p in raw:
+        if isinstance(p, str) and keep is None and (fewest := _fewest_tokens(tok, p)) > context:
+            # refused before it is tokenized: a megabytes-long prompt costs nothing (the interpreter lock
+            # tokenizing would hold is what keeps /health and the streams answering)
+            raise _too_long(fewest, context, "prompt", "shorten it or pass truncate_prompt_tokens to keep its end")
         p_ids = _encode(tok, p) if isinstance(p, str) else list(p)
-        _check_ids(p_ids, vocab, "prompt")
         if len(p_ids) > limits.max_prompt_tokens:
             raise APIError(400, f"'prompt' has {len(p_ids):,} tokens; at most {limits.max_prompt_tokens:,} are "
                                 "allowed", "prompt")
-        if keep is not None and len(p_ids) > keep:
-            p_ids = p_ids[-keep:]  # left truncation, as vLLM does: the model sees the prompt's end
-            p = tok.decode(p_ids)
-        elif len(p_ids) > context:
+        if len(p_ids) > context and keep is None:
             raise _too_long(len(p_ids), context, "prompt", "shorten it or pass truncate_prompt_tokens to keep its end")
+        cut = keep is not None and len(p_ids) > keep
+        if cut:
+            p_ids = p_ids[-keep:]  # left truncation, as vLLM does: the model sees the prompt's end
+        _check_ids(p_ids, vocab, "prompt")  # the ids the model will see, after the cheap length checks
         ids.append(p_ids)
-        texts.append(p if isinstance(p, str) else tok.decode(p_ids))
+        texts.append(p if isinstance(p, str) and not cut else tok.decode(p_ids))
     return _Ask(ids, texts, settings, n, body.echo, body.logprobs)
 
 
