@@ -66,8 +66,7 @@ def parse_messages(obj: Any, where: str = "messages") -> list[Message]:
 
 def chat_tokenizer(tokenizer):
     """The tokenizer with the chat template's special tokens (a tokenizer that has them is returned as is)."""
-    have = getattr(tokenizer, "special_tokens", {}) or {}
-    if all(s in have for s in SPECIALS):
+    if has_template(tokenizer):
         return tokenizer
     grow = getattr(tokenizer, "with_special_tokens", None)
     if grow is None:

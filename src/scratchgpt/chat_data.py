@@ -27,6 +27,7 @@ import torch
 
 from . import chat
 from .data import META_FORMAT, load_meta
+from .distributed import shard_bounds
 from .errors import DataError, UserError
 from .fileio import atomic_dir
 from .tokenizers import Tokenizer
@@ -159,8 +160,8 @@ class ChatLoader:
         return xt.to(self.device), yt.to(self.device)
 
     def _mine(self, convs: np.ndarray) -> np.ndarray:
-        n = len(convs)
-        return convs[n * self.rank // self.world:n * (self.rank + 1) // self.world]
+        lo, hi = shard_bounds(len(convs), self.rank, self.world)
+        return convs[lo:hi]
 
     def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         convs = torch.randint(self.n_conversations, (self.batch_size,), generator=self.generator).numpy()

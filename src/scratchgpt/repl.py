@@ -122,6 +122,11 @@ def run_chat(engine: Engine, settings: SamplingSettings, system: str | None = No
     read = read or (lambda: input("you> " if sys.stdin.isatty() else ""))
     history: list[dict] = []
     s = settings
+
+    def conversation() -> list[dict]:
+        """The system message (if any) and the turns so far."""
+        return ([{"role": "system", "content": system}] if system else []) + history
+
     err.write(CHAT_HELP + "\n")
     for line in _lines(read):
         try:
@@ -130,7 +135,7 @@ def run_chat(engine: Engine, settings: SamplingSettings, system: str | None = No
                 err.write(f"system message: {system!r}\n" if system else "no system message\n")
                 continue
             if line.strip() == "/history":
-                for m in ([{"role": "system", "content": system}] if system else []) + history:
+                for m in conversation():
                     err.write(f"{m['role']}: {m['content']}\n")
                 continue
             if line.startswith("/"):
@@ -146,8 +151,7 @@ def run_chat(engine: Engine, settings: SamplingSettings, system: str | None = No
                 continue
             if not line.strip():
                 continue
-            messages = ([{"role": "system", "content": system}] if system else []) + history + [
-                {"role": "user", "content": line}]
+            messages = conversation() + [{"role": "user", "content": line}]
             reply = ""
             for _, piece in engine.stream_chat_rows(messages, s):  # a bad message raises before anything shows
                 out.write(piece)

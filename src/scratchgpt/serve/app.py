@@ -397,22 +397,23 @@ def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits) 
     if keep is not None and keep > context:
         raise APIError(400, f"'truncate_prompt_tokens' must be at most the context length, {context}, got {keep}",
                        "truncate_prompt_tokens")
+    hint = "shorten it or pass truncate_prompt_tokens to keep its end"
     ids, texts = [], []
     for p in raw:
         if isinstance(p, str) and keep is None and (fewest := _fewest_tokens(tok, p)) > context:
             # refused before it is tokenized: a megabytes-long prompt costs nothing (the interpreter lock
             # tokenizing would hold is what keeps /health and the streams answering)
-            raise _too_long(fewest, context, "prompt", "shorten it or pass truncate_prompt_tokens to keep its end")
+            raise _too_long(fewest, context, "prompt", hint)
         p_ids = _encode(tok, p) if isinstance(p, str) else list(p)
         if len(p_ids) > limits.max_prompt_tokens:
             raise APIError(400, f"'prompt' has {len(p_ids):,} tokens; at most {limits.max_prompt_tokens:,} are "
                                 "allowed", "prompt")
         if len(p_ids) > context and keep is None:
-            raise _too_long(len(p_ids), context, "prompt", "shorten it or pass truncate_prompt_tokens to keep its end")
+            raise _too_long(len(p_ids), context, "prompt", hint)
+        _check_ids(p_ids, vocab, "prompt")  # every id, after the cheap length checks
         cut = keep is not None and len(p_ids) > keep
         if cut:
             p_ids = p_ids[-keep:]  # left truncation, as vLLM does: the model sees the prompt's end
-        _check_ids(p_ids, vocab, "prompt")  # the ids the model will see, after the cheap length checks
         ids.append(p_ids)
         texts.append(p if isinstance(p, str) and not cut else tok.decode(p_ids))
     return _Ask(ids, texts, settings, n, body.echo, body.logprobs)

@@ -103,6 +103,7 @@ class GPT2Tokenizer(TiktokenTokenizer):
 
     def __init__(self, enc: tiktoken.Encoding, source: str, extra_special: list[str] | tuple[str, ...] = ()):
         self.source, self.extra_special = source, list(extra_special)
+        self._base = enc  # the encoding without the extra special tokens
         if self.extra_special:
             base = enc.n_vocab
             specials = {**enc._special_tokens, **{s: base + i for i, s in enumerate(self.extra_special)}}
@@ -112,9 +113,8 @@ class GPT2Tokenizer(TiktokenTokenizer):
 
     def with_special_tokens(self, names: list[str]) -> GPT2Tokenizer:
         """This tokenizer with `names` added as special tokens (those it has already keep their ids)."""
-        base = load_gpt2(self.source if self.source != "tiktoken" else None)
         have = set(self._enc.special_tokens_set)
-        return GPT2Tokenizer(base._enc, self.source, self.extra_special + [n for n in names if n not in have])
+        return GPT2Tokenizer(self._base, self.source, self.extra_special + [n for n in names if n not in have])
 
     def to_json(self) -> dict[str, Any]:
         obj = {"kind": self.kind, "n_vocab": self.vocab_size, "source": self.source}
