@@ -36,7 +36,9 @@ def _run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def _eval_json(capsys, *argv) -> dict:
-    rc, out, _ = _run_cli(capsys, "eval", *argv, "--json", "--quiet", "--device", "cpu")
+    """eval's report in float32: these tests check windows and figures against fp32 references (the policy's
+    other dtypes are checked in their own tests)."""
+    rc, out, _ = _run_cli(capsys, "eval", *argv, "--json", "--quiet", "--device", "cpu", "--dtype", "float32")
     assert rc == 0
     return json.loads(out)
 
@@ -125,7 +127,7 @@ def test_eval_agrees_with_the_training_full_val_loss(shakespeare_dir, tmp_path, 
     assert abs(row["loss"] - val_loss) < 1e-6
     assert row["perplexity"] == pytest.approx(math.exp(val_loss), rel=1e-5)
     # the whole split through the API: the same first `kept` predictions, and the last partial window too
-    whole = scratchgpt.load(result.run_dir, which="last").score(tok.decode(val_ids), batch_size=256)
+    whole = scratchgpt.load(result.run_dir, which="last", dtype="float32").score(tok.decode(val_ids), batch_size=256)
     assert whole.tokens == val_ids and whole.scored_tokens == len(val_ids) - 1
     assert abs(-whole.token_logprobs[:kept].astype(np.float64).mean() - val_loss) < 1e-6
     # a smaller stride: every token after the first window is scored with at least block - stride of context
@@ -147,7 +149,7 @@ def test_bits_per_byte_by_hand(random_run, tmp_path, capsys):
     assert (row["tokens"], row["scored_tokens"], row["scored_bytes"]) == (20, 19, 21)
     assert row["loss"] == pytest.approx(nats / 19, rel=1e-6)
     assert row["bits_per_byte"] == pytest.approx(nats / math.log(2) / 21, rel=1e-6)
-    score = scratchgpt.load(random_run).score(text)  # the API: the same numbers, token by token
+    score = scratchgpt.load(random_run, dtype="float32").score(text)  # the API: the same numbers, token by token
     np.testing.assert_allclose(score.token_logprobs, lp, atol=2e-6)
     assert score.bits_per_byte == pytest.approx(row["bits_per_byte"], rel=1e-6)
 

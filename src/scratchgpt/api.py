@@ -63,7 +63,7 @@ class LoadedModel:
 def load(run_dir: str | Path, which: str = "best", device: str = "cpu", dtype: str = "auto",
          cuda_graphs: bool = True, threads: int = 0, compile: bool | str = False, **defaults) -> LoadedModel:
     """Load a run directory written by `scratchgpt train`. `device` is cpu | cuda | mps | auto; `dtype` auto
-    means bfloat16 on CUDA and on CPUs that compute bf16 natively, float32 elsewhere; `threads` sets the CPU
+    follows the precision policy for inference (`runtime.POLICY`: docs/precision.md); `threads` sets the CPU
     threads (0: torch's default); `compile` runs the decode step through torch.compile (the first call of
     each batch size compiles it). Extra keywords become default sampling settings."""
     if which not in ("best", "last"):
@@ -71,7 +71,7 @@ def load(run_dir: str | Path, which: str = "best", device: str = "cpu", dtype: s
     compile = {"on": True, "off": False}.get(compile, compile) if isinstance(compile, str) else compile
     if not isinstance(compile, bool):
         raise UserError(f"compile must be true or false (or on / off), got {compile!r}")
-    rt = runtime.setup(device, dtype, threads=threads, compile=compile)
+    rt = runtime.setup(device, dtype, threads=threads, compile=compile, use="infer")
     model, tok, cfg = load_model(run_dir, which=which, device=rt.device)
-    model = model.to(rt.dtype)
+    model = rt.prepare(model)
     return LoadedModel(model, tok, cfg, cuda_graphs=cuda_graphs, compile=rt.compile, **defaults)

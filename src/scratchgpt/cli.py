@@ -283,7 +283,7 @@ def _loading_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="auto: bf16 on CUDA and on CPUs that compute it natively, else float32")
+                   help="auto: the precision policy for inference (docs/precision.md)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (for debugging)")
     p.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
 
@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--quiet", action="store_true", help="no progress bar")
     pq.add_argument("--which", choices=["best", "last"], default="best", help="which weights to score with")
     pq.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    pq.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="auto: bf16 on CUDA")
+    pq.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                    help="auto: the precision policy for inference (docs/precision.md)")
     pq.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
 
     pe = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 directory (transformers loads it)")

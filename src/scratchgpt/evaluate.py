@@ -349,8 +349,9 @@ def evaluate_run(run_dir: str | Path, texts: Sequence[str | Path] = (), choices:
         raise UserError("`eval` needs --text FILE [FILE ...] or --choices FILE.jsonl")
     read = [(str(p), read_utf8(p)) for p in texts]
     questions = read_choices(choices) if choices is not None else None
-    rt = runtime.setup(device, dtype, threads=threads)
+    rt = runtime.setup(device, dtype, threads=threads, use="infer")  # the same weights and numbers as load()
     model, tokenizer, cfg = load_model(run_dir, which=which, device=rt.device)
+    model = rt.prepare(model)
     block = cfg.model.block_size
     stride = stride or block
     if stride > block:

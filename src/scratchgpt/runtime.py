@@ -1,17 +1,24 @@
 """The runtime: where and how tensors compute, set up once by every entry point.
 
-Owns device choice (`resolve_device`: auto picks CUDA, then MPS, then the CPU), the compute dtype
-(`resolve_dtype`: bf16 by default on CUDA and on CPUs that compute bf16 natively, `cpu_has_native_bf16`;
-fp32 elsewhere unless asked), autocast, TF32 matmuls
-on CUDA, the CPU thread count, seeding and `torch.compile`. `setup` does all of it and returns a `Runtime`
-that train, bench, sample, eval, serve, the lecture and the Python API use alike. Does not own models,
-data, files or the process group (`distributed.py` joins that; `setup` only pins a rank's GPU).
+Owns device choice (`resolve_device`: auto picks CUDA, then MPS, then the CPU), the precision policy
+(`resolve_dtype`: what `dtype = "auto"` means for each use on each device class, `POLICY`; whether this CPU
+computes bf16 natively, `cpu_has_native_bf16`, which the environment variable SCRATCHGPT_NATIVE_BF16=1 / 0
+forces either way so every branch of the policy can run on any machine), autocast for training, casting a
+model for inference (`Runtime.prepare`), TF32 matmuls on CUDA, the CPU thread count, seeding and
+`torch.compile`. `setup` does all of it and returns a `Runtime` that train, bench, sample, eval, serve, chat,
+the lecture and the Python API use alike. Does not own models, data, files or the process group
+(`distributed.py` joins that; `setup` only pins a rank's GPU).
+
+Uses. "train": fp32 master weights, matmuls under autocast in the policy's dtype. "infer" (sampling, the
+API, the server, chat, eval and scoring alike): the weights themselves are cast to the policy's dtype, with
+no autocast, so every command that reads a run computes the same numbers for the same flags.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +32,21 @@ from .errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
+USES = ("train", "infer")
+NATIVE_BF16_ENV = "SCRATCHGPT_NATIVE_BF16"  # 1 / 0: answer cpu_has_native_bf16 so (tests run both policies)
+
+# What dtype = "auto" means, per device class and use. Measured, not assumed: docs/precision.md has the table
+# and the figures behind each entry (CPU classes: "cpu-bf16" computes bf16 natively, "cpu" emulates it).
+POLICY: dict[tuple[str, str], torch.dtype] = {
+    ("cuda", "train"): torch.bfloat16,
+    ("cuda", "infer"): torch.bfloat16,
+    ("cpu-bf16", "train"): torch.bfloat16,
+    ("cpu-bf16", "infer"): torch.bfloat16,
+    ("cpu", "train"): torch.float32,
+    ("cpu", "infer"): torch.float32,
+    ("mps", "train"): torch.float32,
+    ("mps", "infer"): torch.float32,
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,10 +71,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (x86: AVX-512 BF16 or AMX; Arm: the BF16 extension), where
-    bf16 halves the bytes each matmul reads at no cost in speed. Elsewhere bf16 is emulated and fp32 is faster."""
+    bf16 halves the bytes each matmul reads. Elsewhere bf16 is emulated. SCRATCHGPT_NATIVE_BF16=1 or 0 forces
+    the answer (so the suite runs both branches of the policy on any machine)."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
+    if forced:
+        raise UserError(f"{NATIVE_BF16_ENV} must be 1 or 0 (or unset to ask the CPU), got {forced!r}")
+    return _cpu_reports_bf16()
+
+
+@functools.cache
+def _cpu_reports_bf16() -> bool:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -69,29 +103,44 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype matmuls run in: auto is bf16 on CUDA and on CPUs that compute bf16 natively, fp32 elsewhere;
+def device_class(device: torch.device) -> str:
+    """The row of the precision policy a device falls in: cuda, mps, cpu-bf16 (native bf16) or cpu."""
+    if device.type == "cpu":
+        return "cpu-bf16" if cpu_has_native_bf16() else "cpu"
+    return device.type
+
+
+def resolve_dtype(name: str, device: torch.device, use: str = "train") -> torch.dtype:
+    """The dtype of a use ("train": autocast's; "infer": the weights') on a device: auto follows `POLICY`;
     float32 and bfloat16 as named."""
     if name not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
-    if name == "bfloat16" or (name == "auto" and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()))):
-        return torch.bfloat16
-    return torch.float32
+    if use not in USES:
+        raise ValueError(f"use must be one of {', '.join(USES)}, got {use!r}")
+    if name == "auto":
+        return POLICY.get((device_class(device), use), torch.float32)
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where tensors live (`device`), the dtype matmuls run in (`dtype`) and whether to compile."""
+    """Where tensors live (`device`), the dtype of its use (`dtype`), the use and whether to compile."""
 
     device: torch.device
     dtype: torch.dtype = torch.float32
     compile: bool = False
+    use: str = "train"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision for training and evaluation: fp32 weights, matmuls in `dtype` (nothing for fp32)."""
-        if self.dtype == torch.float32:
+        """Mixed precision for training and its evaluation: fp32 weights, matmuls in `dtype` (nothing for fp32,
+        nor for inference, whose weights are already in `dtype`: see `prepare`)."""
+        if self.dtype == torch.float32 or self.use != "train":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """A model ready for inference: on the device, its weights in `dtype`, in eval mode."""
+        return model.to(device=self.device, dtype=self.dtype).eval()
 
     def compiled(self, module: nn.Module) -> nn.Module:
         """`torch.compile(module)` when compiling is on, else the module itself."""
@@ -112,8 +161,9 @@ def set_threads(threads: int) -> None:
 
 
 def setup(device: str = "auto", dtype: str = "auto", *, threads: int = 0, seed: int | None = None,
-          compile: bool = False, local_rank: int | None = None) -> Runtime:
-    """Resolve the device and dtype, set threads and TF32, seed torch, and return the `Runtime`.
+          compile: bool = False, local_rank: int | None = None, use: str = "train") -> Runtime:
+    """Resolve the device and the dtype of `use` ("train" or "infer"), set threads and TF32, seed torch, and
+    return the `Runtime`.
 
     `local_rank` (under torchrun) pins this process to its own GPU, cuda:local_rank.
     """
@@ -127,8 +177,8 @@ def setup(device: str = "auto", dtype: str = "auto", *, threads: int = 0, seed: 
         torch.backends.cudnn.allow_tf32 = True
     if seed is not None:
         torch.manual_seed(seed)
-    return Runtime(dev, resolve_dtype(dtype, dev), compile)
+    return Runtime(dev, resolve_dtype(dtype, dev, use), compile, use)
 
 
-__all__ = ["DEVICES", "DTYPES", "Runtime", "cpu_has_native_bf16", "resolve_device", "resolve_dtype", "set_threads",
-           "setup"]
+__all__ = ["DEVICES", "DTYPES", "NATIVE_BF16_ENV", "POLICY", "Runtime", "USES", "cpu_has_native_bf16", "device_class",
+           "resolve_device", "resolve_dtype", "set_threads", "setup"]
