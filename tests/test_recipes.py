@@ -64,8 +64,9 @@ def test_an_unknown_name_is_one_sentence_naming_the_closest(elsewhere, capsys):
     assert main(["train", "chat/demo_stf"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did you mean 'chat/demo_sft'" in err[0]
-    assert main(["recipes", "show", "nothing_like_it"]) == 2
-    assert "`scratchgpt recipes` lists them" in capsys.readouterr().err
+    assert main(["recipes", "show", "zzz"]) == 2
+    err = capsys.readouterr().err
+    assert "(the closest is '" in err and "`scratchgpt recipes` lists them" in err
 
 
 def test_recipes_lists_each_one_on_one_line_with_what_where_and_how_long(elsewhere, capsys):

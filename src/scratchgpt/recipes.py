@@ -11,6 +11,7 @@ trains; `cpu` and `gpu`: how long it took where measured, from docs/benchmarks.m
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,8 @@ def find(recipe: str | Path) -> Path:
     known = names()
     if name in known:
         return directory() / f"{name}{SUFFIX}"
-    raise ConfigError(f"recipe '{recipe}' not found: neither a TOML file nor a named recipe{closest(name, known)}; "
+    hint = closest(name, known) or f" (the closest is '{difflib.get_close_matches(name, known, n=1, cutoff=0)[0]}')"
+    raise ConfigError(f"recipe '{recipe}' not found: neither a TOML file nor a named recipe{hint}; "
                       "`scratchgpt recipes` lists them")
 
 
