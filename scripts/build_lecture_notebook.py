@@ -179,7 +179,7 @@ print(generate(m, tok, "", max_new_tokens=100, seed=1337))"""),
 
 The lecture's `bigram.py`: batch 32, block 8, AdamW at lr 1e-2, 3000 steps, and `estimate_loss` averaging 200
 batches per split every 300 steps. The package's training loop (`src/scratchgpt/train.py`) is the same five
-lines at its core; `scratchgpt train configs/lecture/1_bigram.toml` runs this recipe with it."""),
+lines at its core; `scratchgpt train lecture/1_bigram` runs this recipe with it."""),
     ("code", "bigram", """\
 batch_size, block_size = 32, 8
 max_iters = 30 if QUICK else 3000
@@ -327,8 +327,8 @@ print(f"the whole notebook ran in {time.time() - started:.0f} s")"""),
 
 - `scratchgpt lecture` trains all seven of the lecture's steps, bigram to the final model, and writes
   [results.md](results.md) and a plot; [README.md](README.md) walks through each step and its code.
-- `scratchgpt train configs/lecture/7_scaled_up.toml` trains the lecture's final model (on a GPU), and
-  `scratchgpt sample runs/7_scaled_up --prompt "ROMEO:"` samples from it."""),
+- `scratchgpt train lecture/7_scaled_up` trains the lecture's final model (on a GPU), and
+  `scratchgpt sample runs/shakespeare_char_7_scaled_up --prompt "ROMEO:"` samples from it."""),
 ]
 
 

@@ -10,5 +10,5 @@ python -m pip install -q -e .
 scratchgpt prepare shakespeare_char ${SCRATCHGPT_TINYSHAKESPEARE:+--input "$SCRATCHGPT_TINYSHAKESPEARE"}
 if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then recipe=shakespeare_char
 else recipe=shakespeare_char_cpu; fi
-scratchgpt train "configs/$recipe.toml"
+scratchgpt train "$recipe"                  # a named recipe (scratchgpt recipes lists them)
 scratchgpt sample "runs/$recipe" --max-new-tokens 500 --seed 1337

@@ -90,7 +90,8 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str], launch: float) ->
     elif args.resume:
         cfg = read_config(args.resume, overrides)
     else:
-        raise UserError("`train` needs a recipe (e.g. configs/shakespeare_char_cpu.toml) or --resume RUN_DIR")
+        raise UserError("`train` needs a recipe (a name such as shakespeare_char_cpu, see `scratchgpt recipes`, or "
+                        "a TOML file) or --resume RUN_DIR")
     from .console import echo
 
     result = train(cfg, out_dir=args.out, resume=args.resume, launch_time=launch, progress=not args.quiet,
@@ -200,12 +201,31 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
 
 
 def _cmd_lecture(args: argparse.Namespace) -> int:
-    from .lecture import run_lecture
+    from .lecture import run_lecture, write_notebook
 
+    if args.notebook is not None:
+        print(f"wrote {write_notebook(args.notebook)}: open it in Jupyter (it runs top to bottom on a CPU)",
+              file=sys.stderr)
+        return 0
     report = run_lecture(args.budget, args.device, data_dir=args.data, runs_dir=args.runs, docs_dir=args.docs,
                          progress=not args.quiet)
     print(f"done: trained {len(report.trained)} of {len(report.results)} steps in {report.seconds:.0f} s; "
           f"wrote {report.results_path} and {report.plot_path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from . import recipes
+
+    print(recipes.text(args.name) if args.action == "show" else recipes.listing(), end="" if args.action else "\n")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .chat_demo import run_chat_demo
+
+    print(run_chat_demo(args.corpus, data_dir=args.data, runs_dir=args.runs, budget=args.budget,
+                        progress=not args.quiet))
     return 0
 
 
@@ -289,7 +309,10 @@ def _loading_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = _Parser(prog="scratchgpt", description="GPT from scratch: prepare, train, sample.")
+    p.add_argument("--version", action="version", version=f"scratchgpt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     pp = sub.add_parser("prepare", help="tokenize a corpus into data/<name>/ (train.bin, val.bin, meta.json)")
@@ -317,16 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--hf-config", help="configuration of an hf:DATASET input (e.g. sample-10BT)")
     pp.add_argument("--hf-split", help="split of an hf:DATASET input (default train)")
 
-    pt = sub.add_parser("train", help="train a model from a TOML recipe; --section.key=value overrides any key")
-    pt.add_argument("config", nargs="?", help="recipe, e.g. configs/shakespeare_char_cpu.toml")
+    pt = sub.add_parser("train", help="train a model from a recipe; --section.key=value overrides any key")
+    pt.add_argument("config", nargs="?", metavar="recipe",
+                    help="a named recipe (e.g. shakespeare_char_cpu, lecture/1_bigram: `scratchgpt recipes`) or a "
+                         "TOML file, which wins")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue exactly from a run directory")
-    pt.add_argument("--out", help="run directory (default runs/<recipe name>)")
+    pt.add_argument("--out", help="run directory (default runs/<data dir name>_<recipe>, or runs/<recipe> when "
+                                  "the recipe's name contains the data directory's)")
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
     pt.add_argument("--force", action="store_true",
                     help="replace the run already in the run directory (it stays until the new run's first checkpoint)")
 
     pb = sub.add_parser("bench", help="training speed of a recipe on random tokens: tokens/s, ms/step, MFU, memory")
-    pb.add_argument("config", help="recipe, e.g. configs/gpt2_124m.toml; --section.key=value overrides any key")
+    pb.add_argument("config", metavar="recipe",
+                    help="a named recipe (e.g. gpt2_124m) or a TOML file; --section.key=value overrides any key")
     pb.add_argument("--steps", type=STEPS, default=20, help="timed steps")
     pb.add_argument("--warmup", type=_number(ints(0)), default=5, help="untimed steps first (torch.compile compiles here)")
     pb.add_argument("--batch-size", type=BATCH, default=None, help="train.batch_size for this run")
@@ -414,6 +441,25 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--docs", help="where results.md and progression.png go (default docs/lecture, "
                                    "docs/lecture/<budget> for a budget other than cpu)")
     pl.add_argument("--quiet", action="store_true", help="no progress bars")
+    pl.add_argument("--notebook", metavar="DIR",
+                    help="instead of training: write the lecture as a notebook, DIR/lecture.ipynb (outputs included)")
+
+    pr = sub.add_parser("recipes", help="list the named recipes (what each trains, on what, how long), or show one")
+    rr = pr.add_subparsers(dest="action")
+    rs = rr.add_parser("show", help="print a recipe's TOML, to copy and edit: scratchgpt recipes show NAME > mine.toml")
+    rs.add_argument("name", help="a recipe's name, e.g. shakespeare_char_cpu or lecture/1_bigram")
+
+    pd = sub.add_parser("demo", help="chat: fine-tune a small char model on synthetic conversations and score "
+                                     "it on held-out words (2-core CPU, about 7 minutes; no network given a corpus)")
+    pd.add_argument("demo", choices=["chat"])
+    pd.add_argument("--corpus", metavar="PATH",
+                    help="tiny Shakespeare's input.txt (default $SCRATCHGPT_TINYSHAKESPEARE, else "
+                         "DATA/shakespeare_char/input.txt, else downloaded there)")
+    pd.add_argument("--data", default="data", help="where the demo's data directories go (default data)")
+    pd.add_argument("--runs", default="runs", help="where its two run directories go (default runs)")
+    pd.add_argument("--budget", choices=["full", "tiny"], default="full", metavar="{full}",
+                    help="full: the measured demo (tiny: a few steps, for tests)")
+    pd.add_argument("--quiet", action="store_true", help="no progress bars")
 
     pk = sub.add_parser("tokenizer", help="train our byte-level BPE, or compare tokenizers on a text")
     kk = pk.add_subparsers(dest="action", required=True)
@@ -451,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         commands = {"prepare": _cmd_prepare, "export": _cmd_export, "import-hf": _cmd_import_hf,
                     "tokenizer": _cmd_tokenizer, "lecture": _cmd_lecture, "serve": _cmd_serve,
-                    "sample": _cmd_sample, "eval": _cmd_eval, "chat": _cmd_chat}
+                    "sample": _cmd_sample, "eval": _cmd_eval, "chat": _cmd_chat, "recipes": _cmd_recipes,
+                    "demo": _cmd_demo}
         return commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ from .errors import ConfigError, closest
 from .limits import MAX_BATCH, MAX_THREADS, NOT_NEGATIVE, POSITIVE, UINT64_MAX, UNIT_OPEN, Range, floats, ints
 from .models import ModelConfig
 from .models.gpt import BIASES
+from .recipes import find as find_recipe
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class TrainConfig:
     peak_flops: float = 0.0  # one device's peak FLOP/s (e.g. 989e12: H100 dense bf16) for MFU per device; 0: none
     dist_timeout: float = 300.0  # seconds any collective (and the rendezvous) may wait for the other ranks
     fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state over the ranks (FSDP2)
-    out_dir: str = ""  # default runs/<recipe name>
+    out_dir: str = ""  # default: default_run_dir (runs/<data>_<recipe>, or runs/<recipe> when that names the data)
 
 
 @dataclass(frozen=True)
@@ -227,16 +228,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a TOML recipe, apply overrides, validate. The run's name defaults to the file's stem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe '{path}' not found (see configs/ for the named recipes)")
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML recipe (a file, or a named recipe: `recipes.find`), apply overrides, validate. The run's name
+    defaults to the file's stem."""
+    path = find_recipe(recipe)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"recipe '{path}' is not valid TOML: {e}") from None
     return from_dict(apply_overrides(raw, overrides or []), name=path.stem)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """Where a run goes unless told: named after what it trains on. `runs/<recipe>` when the recipe's name
+    already contains its data directory's name (shakespeare_char_cpu on data/shakespeare_char), else
+    `runs/<data>_<recipe>` (bigram -> runs/shakespeare_char_bigram; shakespeare_char_cpu on data/python ->
+    runs/python_shakespeare_char_cpu)."""
+    data = Path(cfg.data.dir).name
+    return Path("runs") / (cfg.name if not data or data in cfg.name else f"{data}_{cfg.name}")
 
 
 def validate(cfg: Config) -> None:

@@ -104,15 +104,19 @@ def fetch_shakespeare(dest: Path) -> Path:
     return dest
 
 
+def shakespeare_source(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char") -> Path:
+    """Tiny Shakespeare's text file: input_path, else $SCRATCHGPT_TINYSHAKESPEARE, else out_dir/input.txt
+    (downloaded there the first time)."""
+    src = input_path or os.environ.get(SHAKESPEARE_ENV)
+    if src:
+        return Path(src)
+    dest = Path(out_dir) / "input.txt"
+    return dest if dest.is_file() else fetch_shakespeare(dest)
+
+
 def prepare_shakespeare_char(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char") -> dict[str, Any]:
     """Prepare tiny Shakespeare at character level: from --input, else $SCRATCHGPT_TINYSHAKESPEARE, else the web."""
-    out = Path(out_dir)
-    src = input_path or os.environ.get(SHAKESPEARE_ENV)
-    if not src:
-        src = out / "input.txt"
-        if not src.is_file():
-            fetch_shakespeare(src)
-    return prepare_text(src, out, tokenizer="char")
+    return prepare_text(shakespeare_source(input_path, out_dir), out_dir, tokenizer="char")
 
 
 def load_meta(data_dir: str | Path) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """The lecture, replayed: train its seven steps in order and write down what each one measured.
 
-Owns the list of steps (one recipe each under `configs/lecture/`), the budgets (per-step overrides: `gpu`
-is the lecture's own sizes, `cpu` fits a 2-core CPU, `tiny` is for tests), knowing which steps are already
-done (a finished step is never trained again; an interrupted one resumes exactly), and writing
-`results.md` and `progression.png`. Does not own training (`train.py`), sampling (`generate.py`), the
-model's switches (`models/gpt.py`) or the recipes' contents.
+Owns the list of steps (one recipe each under `configs/lecture/`, shipped in the package), the budgets
+(per-step overrides: `gpu` is the lecture's own sizes, `cpu` fits a 2-core CPU, `tiny` is for tests), knowing
+which steps are already done (a finished step is never trained again; an interrupted one resumes exactly),
+writing `results.md` and `progression.png`, and handing out the lecture notebook (`--notebook DIR`). Does not
+own training (`train.py`), sampling (`generate.py`), the model's switches (`models/gpt.py`) or the recipes'
+contents.
 
     runs/lecture/<budget>/<step>/   a run directory per step, plus `lecture.json`: the finished marker,
                                     holding the step's measured numbers and its 200-character sample
@@ -28,13 +29,15 @@ from .config import LEGACY, Config, load_recipe, to_dict
 from .console import echo
 from .data import load_meta
 from .errors import UserError
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .generate import generate
 from .plots import pyplot, save_figure
+from .resources import shipped
 from .runtime import resolve_device, set_threads
 from .train import train
 
 MARKER = "lecture.json"
+NOTEBOOK = "docs/lecture/lecture.ipynb"  # the lecture as a notebook, shipped (`write_notebook`)
 SAMPLE_CHARS, SAMPLE_SEED = 200, 1337
 
 
@@ -92,11 +95,22 @@ class LectureReport:
 
 
 def recipes_dir() -> Path:
-    """configs/lecture/ in the working directory, else beside the package's source tree."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (base / "configs" / "lecture" / f"{STEPS[0].name}.toml").is_file():
-            return base / "configs" / "lecture"
-    raise UserError("the lecture's recipes (configs/lecture/*.toml) were not found; run from the repository root")
+    """configs/lecture/ as the package ships it (`resources.py`: a wheel's copy, or a clone's own)."""
+    return shipped("configs/lecture")
+
+
+def write_notebook(directory: str | Path) -> Path:
+    """The lecture notebook (docs/lecture/lecture.ipynb, outputs included) written to directory/lecture.ipynb.
+    A file already there is left alone: the same notebook is nothing to do, another one is refused."""
+    content = shipped(NOTEBOOK).read_bytes()
+    dest = Path(directory) / Path(NOTEBOOK).name
+    if dest.is_file() and dest.read_bytes() == content:
+        return dest
+    if dest.exists() or dest.is_symlink():
+        raise UserError(f"'{dest}' already exists and is not this package's notebook; move it away or choose "
+                        "another directory (it is never overwritten)")
+    atomic_write_bytes(dest, content)
+    return dest
 
 
 def default_docs_dir(budget: str) -> Path:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .. import distributed as D
 from .. import runtime
-from ..config import Config
+from ..config import Config, default_run_dir
 from ..console import echo
 from ..errors import Interrupted, UserError
 from ..flops import flops_per_token, matmul_params, mfu
@@ -42,7 +42,7 @@ class TrainResult:
 
 def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | None = None,
           launch_time: float | None = None, progress: bool = True, force: bool = False) -> TrainResult:
-    """Train per cfg into out_dir (default runs/<name>), optionally continuing exactly from a run directory.
+    """Train per cfg into out_dir (default `config.default_run_dir`), optionally continuing exactly from a run directory.
 
     A new run refuses a directory that holds another run unless `force`; then the old run stays whole until
     the new run's first checkpoint replaces it. A resume refuses changes to the run's tokenizer and model
@@ -52,7 +52,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
     """
     launch = launch_time if launch_time is not None else time.time()
     t = cfg.train
-    run_dir = Path(out_dir or resume or t.out_dir or f"runs/{cfg.name}")
+    run_dir = Path(out_dir or resume or t.out_dir or default_run_dir(cfg))
     in_place = resume is not None and run_dir.resolve() == Path(resume).resolve()
     if force and in_place:
         raise UserError("--force starts a new run over an existing one; --resume continues the run in its own "

@@ -1,0 +1,7 @@
+"""`python -m scratchgpt ...`: the same as the `scratchgpt` command (`cli.py`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
