@@ -269,7 +269,8 @@ class GPT(nn.Module):
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads tokens in and writes them out
         if cfg.pos_emb == "rope":
-            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base, torch.device("cpu"))
+            # built where the weights are (the CPU; the meta device when memory.py counts parameters)
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base, self.wte.weight.device)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         if cfg.init_scheme == "gpt2":
