@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 from kill_util import FS_GATES, Zygote, leftovers, snapshot
 from scratchgpt import checkpoint as ckpt
 from scratchgpt.cli import main as cli_main
-from scratchgpt.train import checkpoints
 from scratchgpt.train.ownership import holds_run
+from scratchgpt.train.writer import RunWriter
 from test_disks import fill, mounted
 
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "dropout": 0.1}
@@ -176,7 +176,7 @@ def test_a_disk_that_fills_during_training_is_one_sentence_and_keeps_the_last_ch
         shutil.copytree(refs["straight"], run)  # a checkpoint at step 4
         kept = (ckpt.TOKENIZER, ckpt.MODEL, ckpt.MODEL_BEST, ckpt.STATE)
         before = {n: (run / n).read_bytes() for n in kept}
-        real_save = checkpoints.save
+        real_save = RunWriter.save
 
         def filling_save(*a, **k):
             if way == "full":
@@ -185,7 +185,7 @@ def test_a_disk_that_fills_during_training_is_one_sentence_and_keeps_the_last_ch
                 monkeypatch.setattr(os, "fsync", no_space)  # every writer fsyncs before it commits
             return real_save(*a, **k)
 
-        monkeypatch.setattr(checkpoints, "save", filling_save)
+        monkeypatch.setattr(RunWriter, "save", filling_save)
         resume = ["train", "--resume", str(run), "--quiet", "--train.max_iters=8"]
         assert cli_main(resume) == 2
         monkeypatch.undo()

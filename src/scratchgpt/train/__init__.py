@@ -1,12 +1,14 @@
 """Training: the loop that is the point of the project, in a few parts a reader can hold.
 
-    run.py          building a run: config -> model, optimizer, loaders, evaluator, state (one process or many)
+    run.py          the set-up (config -> model, optimizer, loaders, evaluator; one process or many) and
+                    the progress (step, best val loss)
     step.py         one optimizer step: micro-steps, gradient accumulation, clipping, the optimizer
     evaluate.py     the mean loss on train and val
-    checkpoints.py  what training writes: the run directory's header, metrics, checkpoints; and resuming
+    writer.py       the trainer's writer: the run directory's header, metrics, checkpoints; and resuming
+                    (the format they are written in is `checkpoint.py`'s, outside this package)
     ownership.py    who may write into a run directory (--force), and what a resume may change
     stop.py         SIGINT / SIGTERM / SIGHUP: save and stop after the current step
-    loop.py         `train`: the loop, top to bottom
+    loop.py         `train`: the loop, top to bottom, and every decision in it (log, evaluate, best, save, stop)
 
 Many processes (`torchrun --nproc_per_node N -m scratchgpt.cli train ...`): `train.batch_size` is the
 global batch per micro-step, split evenly over the ranks (a world size that does not divide it is an
