@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -446,27 +447,40 @@ def main(argv: list[str] | None = None) -> int:
             bad = [a for a in rest if not (a.startswith("--") and "." in a.split("=", 1)[0])]
             if bad:
                 parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --train.max_iters=2000)")
-            return _cmd_train(args, rest, launch) if args.command == "train" else _cmd_bench(args, rest)
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        commands = {"prepare": _cmd_prepare, "export": _cmd_export, "import-hf": _cmd_import_hf,
-                    "tokenizer": _cmd_tokenizer, "lecture": _cmd_lecture, "serve": _cmd_serve,
-                    "sample": _cmd_sample, "eval": _cmd_eval, "chat": _cmd_chat}
-        return commands[args.command](args)
+            code = _cmd_train(args, rest, launch) if args.command == "train" else _cmd_bench(args, rest)
+        else:
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            commands = {"prepare": _cmd_prepare, "export": _cmd_export, "import-hf": _cmd_import_hf,
+                        "tokenizer": _cmd_tokenizer, "lecture": _cmd_lecture, "serve": _cmd_serve,
+                        "sample": _cmd_sample, "eval": _cmd_eval, "chat": _cmd_chat}
+            code = commands[args.command](args)
+        sys.stdout.flush()  # here, so that a reader that went away is noticed below and not at exit
+        return code
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:  # Ctrl-C outside training, or a second signal during it (train/stop.py)
         print(f"error: {e or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(e, "signum", 2)
+    except BrokenPipeError:  # `scratchgpt sample ... | head` closed our stdout: not an error
+        _stdout_to_devnull()
+        return 0
     except OSError as e:  # the last resort for a full or read-only disk that no writer turned into a sentence
         if e.errno not in DISK_ERRNOS:
             raise
         where = f"'{e.filename}': " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `scratchgpt sample ... | head` closed our stdout: not an error
-        return 0
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe, what is still buffered for stdout goes nowhere: the interpreter flushes stdout at
+    exit, and that second failed write would print "Exception ignored ... BrokenPipeError" (Python's advice,
+    in the signal module's documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":
