@@ -80,6 +80,7 @@ def runs(small_text_dir, tmp_path_factory):
     return {"tmp": tmp, "data": small_text_dir, "one": one.run_dir, "two6": tmp / "two6", "stderr": r.stderr}
 
 
+@pytest.mark.slow
 def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     one, two = _curve(runs["one"]), _curve(runs["two6"])
     assert sorted(two) == list(range(1, 7))
@@ -89,6 +90,7 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     assert "Traceback" not in runs["stderr"]
 
 
+@pytest.mark.slow
 def test_two_rank_run_resumes_on_two_ranks_and_on_one(runs):
     tmp = runs["tmp"]
     on_two, on_one = tmp / "resume2", tmp / "resume1"
@@ -109,6 +111,7 @@ def test_two_rank_run_resumes_on_two_ranks_and_on_one(runs):
     assert state["step"] == 12 and state["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_ends_the_job_with_one_sentence(runs, tmp_path):
     """Rank 1 exits mid-run; rank 0 must stop with a clear error, not hang (no torchrun to rescue it)."""
     port = _free_port()
@@ -144,6 +147,7 @@ SLOW_STEPS = ("import sys, time\nfrom scratchgpt.cli import main\nfrom scratchgp
               "loop.train_step = step\nsys.exit(main(sys.argv[1:]))\n")  # a few steps per poll of the test
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("targets", [(1,), (0, 1)], ids=["to_rank_1", "to_every_rank"])
 def test_sigterm_to_ranks_saves_one_checkpoint_and_every_rank_exits(runs, tmp_path, targets):
     """SIGTERM to one rank (the one that does not write) or to all: the ranks agree at the next log step, rank
@@ -235,6 +239,7 @@ def test_sharded_loaders_together_draw_the_unsharded_batch(small_text_dir):
     assert all((p.state() == whole.state()).all() for p in parts)  # one stream, whatever the world size
 
 
+@pytest.mark.slow
 def test_fsdp_follows_one_process_and_its_checkpoint_resumes_unsharded(runs):
     tmp = runs["tmp"]
     r = _torchrun(2, str(tmp / "dist.toml"), "--out", str(tmp / "fsdp6"), "--train.max_iters=6", "--train.fsdp=true")

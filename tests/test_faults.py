@@ -68,6 +68,7 @@ def no_temp_files(run: Path) -> bool:
 
 # ---- training ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["new", "replacing"])
 def test_sigkill_at_any_step_of_training_loses_at_most_the_steps_since_the_last_checkpoint(refs, tmp_path, mode):
     work = tmp_path / "work"
@@ -117,6 +118,7 @@ def test_sigkill_at_any_step_of_training_loses_at_most_the_steps_since_the_last_
 
 # ---- export --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over", [False, True], ids=["new", "over_an_old_export"])
 def test_sigkill_at_any_step_of_export_leaves_no_output_or_a_whole_one(refs, tmp_path, over):
     ref_new, ref_old, out = tmp_path / "ref_new", tmp_path / "ref_old", tmp_path / "work" / "hf"

@@ -13,6 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.slow  # a kernel runs the whole notebook
+
 REPO = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("build_lecture_notebook", REPO / "scripts" / "build_lecture_notebook.py")
 BUILD = importlib.util.module_from_spec(SPEC)

@@ -38,6 +38,7 @@ def sample(capsys, run_dir: Path, *args: str) -> str:
     return out.out
 
 
+@pytest.mark.slow
 def test_same_seed_same_text_across_processes(run_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "scratchgpt.cli", "sample", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "80"]

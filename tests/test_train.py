@@ -244,6 +244,7 @@ def metrics_lines(run: Path) -> int:
     return metrics.read_text().count("\n") if metrics.is_file() else 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_saves_and_resume_continues_exactly(small_text_dir, tmp_path, signum):
     """Ctrl-C, `kill` (docker stop, SLURM, systemd) and a closed terminal: save, say so, exit 128 + signal."""
@@ -300,6 +301,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(small_text_dir, tmp_path):
     recipe = signal_recipe(small_text_dir, tmp_path, eval_interval=3)
     run = tmp_path / "run"
