@@ -262,3 +262,83 @@ def test_fsdp_misuse_is_one_sentence(small_text_dir, tmp_path):
         _config(small_text_dir, fsdp=True, optimizer="muon")
     with pytest.raises(DistributedError, match="train.fsdp shards the model over several processes"):
         train(_config(small_text_dir, fsdp=True), out_dir=tmp_path / "x", progress=False)
+
+
+# Each rank records the lr it set at every step; rank 1 starts its clock 1.5 s after rank 0, so ranks that
+# followed their own clocks would decay their lrs differently under train.schedule_by_time.
+CLOCK_PROBE = """import atexit, json, os, sys, time
+from scratchgpt.cli import main
+from scratchgpt.train import loop
+rank, seen = int(os.environ["RANK"]), []
+real = loop.set_lr
+def set_lr(optimizer, step, t, time_frac=None):
+    lr = real(optimizer, step, t, time_frac)
+    seen.append((step, lr))
+    return lr
+loop.set_lr = set_lr
+atexit.register(lambda: open(os.environ["PROBE"] + f"/rank{rank}.json", "w").write(json.dumps(seen)))
+if rank == 1:
+    time.sleep(1.5)
+sys.exit(main(sys.argv[1:]))
+"""
+CLOCK_LIMIT = 6.0  # seconds from launch; the ranks spend the first few importing torch and building the run
+
+
+def _clock_args(recipe: Path, out: Path) -> list[str]:
+    return ["train", str(recipe), "--out", str(out), "--quiet", "--train.max_iters=100000",
+            "--train.eval_interval=100000", "--train.log_interval=3", f"--train.time_limit={CLOCK_LIMIT}",
+            "--train.schedule_by_time=true", "--train.warmup_iters=0"]
+
+
+def _ended_on_time(run: Path, err: str) -> int:
+    """The step the run stopped at, after checking it stopped because of the time limit, soon after it."""
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert f"time limit of {CLOCK_LIMIT:g} s reached at step {state['step']}" in err, err[-3000:]
+    assert CLOCK_LIMIT <= state["elapsed"] < CLOCK_LIMIT + 60  # the last log step's check, one evaluation, a save
+    assert state["world_size"] == 2 and 0 < state["step"] < 100000
+    return state["step"]
+
+
+@pytest.mark.slow
+def test_a_clock_driven_run_under_torchrun_follows_rank_0s_clock(runs, tmp_path):
+    """train.schedule_by_time on 2 ranks: every rank sets the same lr at every step and stops at the same step,
+    near the time limit; the lr decays over it."""
+    script = tmp_path / "probe.py"
+    script.write_text(CLOCK_PROBE, encoding="utf-8")
+    run, probe = tmp_path / "run", tmp_path / "probe"
+    probe.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           *_clock_args(_recipe(tmp_path, runs["data"]), run)]
+    r = subprocess.run(cmd, env={**_env(), "PROBE": str(probe)}, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    stopped = _ended_on_time(run, r.stderr)
+    lrs = [json.loads((probe / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert lrs[0] == lrs[1]  # the same (step, lr) pairs on both ranks
+    assert [s for s, _ in lrs[0]] == list(range(stopped))
+    assert lrs[0][-1][1] < lrs[0][0][1]  # the lr decayed with the clock (no step-based decay in 100,000 steps)
+    logged = {row["step"]: row["lr"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if row["kind"] == "train"}
+    assert all(logged[s + 1] == lr for s, lr in lrs[0] if s + 1 in logged)  # rank 0's log is that lr
+
+
+@pytest.mark.slow
+def test_a_two_node_launch_on_one_machine_trains_and_ends_on_time(runs, tmp_path):
+    """Two torchrun launchers, one process each (--nnodes 2, --node_rank 0 and 1), meeting on 127.0.0.1."""
+    port, run = _free_port(), tmp_path / "run"
+    args = _clock_args(_recipe(tmp_path, runs["data"]), run)
+    launchers = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "scratchgpt.cli", *args]
+        launchers.append(subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        errs = [p.communicate(timeout=180)[1] for p in launchers]
+    finally:
+        for p in launchers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, err in zip(launchers, errs, strict=True):
+        assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+    _ended_on_time(run, errs[0])
+    assert "time limit" not in errs[1]  # rank 1 (node 1) says nothing; rank 0 speaks for the run

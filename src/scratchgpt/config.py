@@ -57,7 +57,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     time_limit: float = 0.0  # seconds from launch after which training stops (0: none)
-    schedule_by_time: bool = False  # decay the lr over time_limit too, so it ends by the deadline (1 process)
+    schedule_by_time: bool = False  # decay the lr over time_limit too, so it ends by the deadline (rank 0's clock)
     stop_val_loss: float = 0.0  # stop at the first evaluation whose val loss is at most this (0: never)
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' weight matrices, AdamW for the rest
     muon_lr: float = 0.02  # Muon's peak lr; it follows the same warmup and decay as learning_rate

@@ -25,6 +25,7 @@ from ..errors import Interrupted, UserError
 from ..flops import flops_per_token, matmul_params, mfu
 from ..optim import lr_at, set_lr
 from . import ownership, writer
+from .clock import Clock
 from .run import Progress, Setup, build_setup, parallelize
 from .step import Batches, train_step
 from .stop import StopSignals
@@ -86,73 +87,74 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
 def _loop(setup: Setup, progress: Progress, out: RunWriter, launch: float, progress_bar: bool,
           stop: StopSignals) -> TrainResult:
     t, dist = setup.cfg.train, setup.dist
+    clock = Clock(launch, dist, setup.rt.device, shared=t.time_limit > 0)  # rank 0's clock on every rank
     speed = _Speedometer(setup, progress.step)
     batches = Batches(setup.loader)
     stopped, last_eval = "done", {}
     if t.eval_at_start and progress.step == 0:
-        _evaluate(setup, progress, out, lr_at(0, t), launch)  # the untrained model's loss: about ln(vocab)
+        _evaluate(setup, progress, out, lr_at(0, t), clock)  # the untrained model's loss: about ln(vocab)
     bar = tqdm(total=t.max_iters, initial=progress.step, disable=not (progress_bar and dist.is_main), unit="step",
                dynamic_ncols=True)
     while progress.step < t.max_iters:
-        time_frac = (time.time() - launch) / t.time_limit if t.schedule_by_time else None
-        lr = set_lr(setup.optimizer, progress.step, t, time_frac)
+        lr = set_lr(setup.optimizer, progress.step, t, clock.now() / t.time_limit if t.schedule_by_time else None)
         loss = train_step(setup.model, setup.forward, setup.optimizer, batches, t, setup.rt, setup.grad_sync)
         progress.step += 1
         log_step = progress.step % t.log_interval == 0 or progress.step == t.max_iters
-        out_of_time = t.time_limit > 0 and time.time() - launch >= t.time_limit
-        signum = stop.requested
-        if dist.enabled:  # every rank must take the same branch; agree at log steps only (a sync)
-            out_of_time, signum = _agree(setup, log_step, out_of_time, signum)
+        clock.tick(log_step)
+        out_of_time = t.time_limit > 0 and clock.now() >= t.time_limit
+        signum = _agree(setup, log_step, stop.requested)
         last = progress.step == t.max_iters or out_of_time or signum is not None
         if log_step or last:
             lossf = D.mean_float(dist, loss.item(), setup.rt.device)
             _check_finite(lossf, "training loss", progress, out)
             row = {"kind": "train", "step": progress.step, "loss": lossf, "lr": lr, **speed.measure(progress.step),
-                   "elapsed": round(time.time() - launch, 3)}
+                   "elapsed": round(clock.local(), 3)}
             out.log(row)
             bar.set_postfix(speed.postfix(row), refresh=False)
         bar.update(1)
         if signum is not None:
-            out.save(progress, batches.state(), time.time() - launch)
+            out.save(progress, batches.state(), clock.local())
             bar.close()
             why = signal.Signals(signum).name if stop.requested else "a signal to another rank"
             raise Interrupted(f"stopped by {why} at step {progress.step}; checkpoint saved in '{out.run_dir}' "
                               f"(continue with `scratchgpt train --resume {out.run_dir}`)", signum)
         if progress.step % t.eval_interval == 0 or last:
-            last_eval = _evaluate(setup, progress, out, lr, launch)
-            best = last_eval["val"] < progress.best_val
+            last_eval = _evaluate(setup, progress, out, lr, clock)
+            best = last_eval["val"] < progress.best_val  # the loop decides; the writer writes what it is told
             if best:
                 progress.best_val = last_eval["val"]
-            out.save(progress, batches.state(), time.time() - launch, last_eval, best=best)
+            out.save(progress, batches.state(), clock.local(), last_eval, best=best)
             if t.stop_val_loss > 0 and last_eval["val"] <= t.stop_val_loss:
                 stopped = "target"
                 echo(f"val loss {last_eval['val']:.4f} <= {t.stop_val_loss:g} at step {progress.step}, "
-                     f"{time.time() - launch:.1f} s after launch")
+                     f"{clock.local():.1f} s after launch")
                 break
         if out_of_time:
             stopped = "time_limit"
             echo(f"time limit of {t.time_limit:g} s reached at step {progress.step}")
             break
     bar.close()
-    return TrainResult(out.run_dir, progress.step, progress.best_val, last_eval, time.time() - launch, stopped)
+    return TrainResult(out.run_dir, progress.step, progress.best_val, last_eval, clock.local(), stopped)
 
 
-def _evaluate(setup: Setup, progress: Progress, out: RunWriter, lr: float, launch: float) -> dict[str, float]:
+def _evaluate(setup: Setup, progress: Progress, out: RunWriter, lr: float, clock: Clock) -> dict[str, float]:
     losses = setup.evaluator(setup.model)
     for split, value in losses.items():
         _check_finite(value, f"{split} loss", progress, out)
     out.log({"kind": "eval", "step": progress.step, "train_loss": losses["train"], "val_loss": losses["val"],
-             "lr": lr, "elapsed": round(time.time() - launch, 3)})
+             "lr": lr, "elapsed": round(clock.local(), 3)})
     echo(f"step {progress.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     return losses
 
 
-def _agree(setup: Setup, log_step: bool, out_of_time: bool, signum: int | None) -> tuple[bool, int | None]:
-    """The same stop decision on every rank: any rank's time limit or signal, compared at log steps only."""
+def _agree(setup: Setup, log_step: bool, signum: int | None) -> int | None:
+    """A signal to any rank stops every rank at the same step: compared at log steps only (a sync)."""
+    if not setup.dist.enabled:
+        return signum
     if not log_step:
-        return False, None
-    out_of_time, stopping = D.any_flags(setup.dist, [out_of_time, signum is not None], setup.rt.device)
-    return out_of_time, (signum or signal.SIGTERM) if stopping else None
+        return None
+    (stopping,) = D.any_flags(setup.dist, [signum is not None], setup.rt.device)
+    return (signum or signal.SIGTERM) if stopping else None
 
 
 def _check_finite(value: float, what: str, progress: Progress, out: RunWriter) -> None:
