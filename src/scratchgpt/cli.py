@@ -212,10 +212,12 @@ def _cmd_lecture(args: argparse.Namespace) -> int:
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
     if args.action == "train":
+        from .console import progress_bar
         from .tokenizers.bpe_train import TOKENIZER_FILE, train_bpe_files
 
-        tok = train_bpe_files(args.input, args.vocab_size, args.out, special_tokens=args.special or ["<|endoftext|>"],
-                              pattern=args.pattern)
+        with progress_bar(desc="merging", unit="merge") as bar:
+            tok = train_bpe_files(args.input, args.vocab_size, args.out, special_tokens=args.special or ["<|endoftext|>"],
+                                  pattern=args.pattern, progress=_advance(bar))
         note = "" if tok.vocab_size == args.vocab_size else " (the text had no more pairs to merge)"
         print(f"wrote {Path(args.out) / TOKENIZER_FILE}: {tok.vocab_size:,} tokens, {len(tok.merges):,} merges{note}",
               file=sys.stderr)
@@ -226,6 +228,14 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     text = read_utf8(args.input)
     print(format_table(compare_tokenizers(text, args.vocab_size), len(text)))
     return 0
+
+
+def _advance(bar):  # a progress(done, total) callback that moves a progress_bar
+    def report(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return report
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -15,12 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .. import distributed as D
 from .. import runtime
 from ..config import Config
-from ..console import echo
+from ..console import echo, progress_bar
 from ..errors import Interrupted, UserError
 from ..flops import flops_per_token, matmul_params, mfu
 from ..optim import lr_at, set_lr
@@ -84,7 +82,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
             D.teardown(dist)
 
 
-def _loop(setup: Setup, progress: Progress, out: RunWriter, launch: float, progress_bar: bool,
+def _loop(setup: Setup, progress: Progress, out: RunWriter, launch: float, show_progress: bool,
           stop: StopSignals) -> TrainResult:
     t, dist = setup.cfg.train, setup.dist
     clock = Clock(launch, dist, setup.rt.device, shared=t.time_limit > 0)  # rank 0's clock on every rank
@@ -93,8 +91,8 @@ def _loop(setup: Setup, progress: Progress, out: RunWriter, launch: float, progr
     stopped, last_eval = "done", {}
     if t.eval_at_start and progress.step == 0:
         _evaluate(setup, progress, out, lr_at(0, t), clock)  # the untrained model's loss: about ln(vocab)
-    bar = tqdm(total=t.max_iters, initial=progress.step, disable=not (progress_bar and dist.is_main), unit="step",
-               dynamic_ncols=True)
+    bar = progress_bar(t.max_iters, desc="train", unit="step", initial=progress.step,
+                       enabled=show_progress and dist.is_main)  # in a log: one line per log step
     while progress.step < t.max_iters:
         lr = set_lr(setup.optimizer, progress.step, t, clock.now() / t.time_limit if t.schedule_by_time else None)
         loss = train_step(setup.model, setup.forward, setup.optimizer, batches, t, setup.rt, setup.grad_sync)
