@@ -3,6 +3,7 @@ a dead rank ends the job with one sentence, and launches that cannot work are re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,18 @@ def _curve(run_dir: Path, kind: str = "train") -> dict[int, float]:
     key = "loss" if kind == "train" else "val_loss"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r[key] for r in rows if r["kind"] == kind}
+
+
+@contextlib.contextmanager
+def _reaped(procs: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
+    """Whatever happens inside, no process is left running."""
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def _free_port() -> int:
@@ -129,12 +143,8 @@ def test_a_rank_that_dies_ends_the_job_with_one_sentence(runs, tmp_path):
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         cmd = [sys.executable, "-m", "scratchgpt.cli", *args] if rank == 0 else [sys.executable, "-c", dying, *args]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
+    with _reaped(procs):
         _, err = procs[0].communicate(timeout=120)
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
     assert procs[0].returncode == 2, err[-3000:]
     assert "error: rank 0 lost contact with the other ranks" in err
     assert "Traceback" not in err
@@ -163,7 +173,7 @@ def test_sigterm_to_ranks_saves_one_checkpoint_and_every_rank_exits(runs, tmp_pa
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         procs.append(subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *args], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
-    try:
+    with _reaped(procs):
         deadline = time.time() + 120
         while time.time() < deadline and all(p.poll() is None for p in procs) and len(_curve(run) if (
                 run / "metrics.jsonl").is_file() else {}) < 2:
@@ -172,11 +182,6 @@ def test_sigterm_to_ranks_saves_one_checkpoint_and_every_rank_exits(runs, tmp_pa
         for rank in targets:
             procs[rank].send_signal(signal.SIGTERM)
         errs = [p.communicate(timeout=120)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     for rank, (p, err) in enumerate(zip(procs, errs, strict=True)):
         why = "SIGTERM" if rank in targets else "a signal to another rank"
         assert p.returncode == 143 and f"error: stopped by {why} at step" in err and "Traceback" not in err, err
@@ -331,13 +336,8 @@ def test_a_two_node_launch_on_one_machine_trains_and_ends_on_time(runs, tmp_path
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "scratchgpt.cli", *args]
         launchers.append(subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
+    with _reaped(launchers):
         errs = [p.communicate(timeout=180)[1] for p in launchers]
-    finally:
-        for p in launchers:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     for p, err in zip(launchers, errs, strict=True):
         assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
     _ended_on_time(run, errs[0])

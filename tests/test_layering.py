@@ -5,23 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from scratchgpt import checkpoint as ckpt
-from scratchgpt.config import Config, ModelConfig
-from scratchgpt.models import build_model
-from scratchgpt.tokenizers import CharTokenizer
+from conftest import untrained_run
 
 INFERENCE = ("scratchgpt.api", "scratchgpt.generate", "scratchgpt.sampling", "scratchgpt.repl", "scratchgpt.evaluate",
              "scratchgpt.checkpoint", "scratchgpt.serve.app", "scratchgpt.serve.scheduler")
 
 
 def test_loading_a_run_and_generating_never_imports_the_trainer(tmp_path):
-    cfg = Config(name="r", model=ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=4))
-    run = tmp_path / "run"
-    run.mkdir()
-    model = build_model(cfg.model)
-    ckpt.write_run_header(run, cfg, CharTokenizer("\nabc"), model.num_params())
-    ckpt.save_weights(run / ckpt.MODEL, model, step=0)
-    ckpt.save_weights(run / ckpt.MODEL_BEST, model, step=0)
+    run, _ = untrained_run(tmp_path / "run")
     code = (f"import importlib, sys, scratchgpt\n"
             f"for name in {INFERENCE!r}:\n    importlib.import_module(name)\n"
             f"lm = scratchgpt.load({str(run)!r})\n"

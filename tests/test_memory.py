@@ -10,13 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchgpt import checkpoint as ckpt
+from conftest import untrained_run
 from scratchgpt import memory
 from scratchgpt.cli import main as cli_main
 from scratchgpt.config import Config, ModelConfig, from_dict
 from scratchgpt.models import GPT, BigramLanguageModel, build_model
 from scratchgpt.optim import configure_optimizer
-from scratchgpt.tokenizers import CharTokenizer
 
 
 @settings(max_examples=40, deadline=None)
@@ -123,13 +122,8 @@ def test_the_machines_memory_decides(small_text_dir, tmp_path, monkeypatch, caps
 
 
 def test_loading_a_run_too_big_for_the_machine_is_refused(tmp_path, monkeypatch, capsys, request):
-    cfg = Config(name="r", model=ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=4))
-    run = tmp_path / "run"
-    run.mkdir()
-    model = build_model(cfg.model)
-    ckpt.write_run_header(run, cfg, CharTokenizer("\nabc"), model.num_params())
-    ckpt.save_weights(run / ckpt.MODEL, model, step=0)
-    need = memory.weights_bytes(cfg.model)
+    run, model_cfg = untrained_run(tmp_path / "run")
+    need = memory.weights_bytes(model_cfg)
     monkeypatch.setattr(memory, "ram_bytes", lambda: need - 1)
     request.getfixturevalue("no_building")  # from here on a real build fails the test
     assert cli_main(["sample", str(run), "--max-new-tokens", "2"]) == 2
