@@ -71,8 +71,10 @@ print(f"scratchgpt {scratchgpt.__version__}, torch {torch.__version__}")"""),
 ## The data: tiny Shakespeare
 
 From `$SCRATCHGPT_TINYSHAKESPEARE` if set, else the repository's shared copy, else an `input.txt` beside this
-notebook, else downloaded to `input.txt` (offline, one sentence says what to set). `scratchgpt prepare
-shakespeare_char` does the same for training runs (`src/scratchgpt/data.py`)."""),
+notebook, else downloaded to `input.txt`. Offline, the error says what to do: set the variable in a cell above
+this one (`os.environ["SCRATCHGPT_TINYSHAKESPEARE"] = "/path/to/input.txt"`) or save `input.txt` beside the
+notebook, then run the cell again. `scratchgpt prepare shakespeare_char` does the same for training runs
+(`src/scratchgpt/data.py`)."""),
     ("code", "", """\
 def find_tiny_shakespeare() -> Path:
     if os.environ.get(SHAKESPEARE_ENV):
@@ -81,7 +83,9 @@ def find_tiny_shakespeare() -> Path:
                       "input.txt"):
         if Path(candidate).is_file():
             return Path(candidate)
-    return fetch_shakespeare(Path("input.txt"))
+    return fetch_shakespeare(Path("input.txt"), instead=(  # offline: what a notebook reader can do about it
+        f'set os.environ["{SHAKESPEARE_ENV}"] = "/path/to/input.txt" in a cell above this one and run this cell '
+        "again, or save input.txt beside this notebook"))
 
 
 text = read_utf8(find_tiny_shakespeare())

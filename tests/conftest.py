@@ -52,3 +52,19 @@ def tiny_config(data_dir, **train):
     return from_dict({"data": {"dir": str(data_dir)},
                       "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "dropout": 0.1},
                       "train": t}, name="tiny")
+
+
+def untrained_run(run_dir: Path):
+    """A run directory holding an untrained 1-layer GPT over "\nabc" (no training needed), and its model config."""
+    from scratchgpt import checkpoint as ckpt
+    from scratchgpt.config import Config, ModelConfig
+    from scratchgpt.models import build_model
+    from scratchgpt.tokenizers import CharTokenizer
+
+    cfg = Config(name="r", model=ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=4))
+    run_dir.mkdir(parents=True)
+    model = build_model(cfg.model)
+    ckpt.write_run_header(run_dir, cfg, CharTokenizer("\nabc"), model.num_params())
+    for name in (ckpt.MODEL, ckpt.MODEL_BEST):
+        ckpt.save_weights(run_dir / name, model, step=0)
+    return run_dir, cfg.model

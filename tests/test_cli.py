@@ -130,6 +130,7 @@ def test_every_case_is_listed(cases):
     assert sorted(cases) == sorted(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_user_error_is_one_line_and_exit_2(name, cases, results):
     case, proc = cases[name], results[name]
@@ -148,11 +149,13 @@ def test_user_error_is_one_line_and_exit_2(name, cases, results):
         assert path.read_bytes() == data, f"{path.name} changed"
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_model_change_before_building_anything(cases, results):
     line = next(line for line in results["resume_shape"].stderr.splitlines() if line.startswith("error: "))
     assert "config.json" in line and "model:" not in results["resume_shape"].stderr  # refused before the model is built
 
 
+@pytest.mark.slow
 def test_console_script_and_usage_errors(tmp_path):
     exe = Path(sys.executable).with_name("scratchgpt")
     if not exe.is_file():

@@ -8,16 +8,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchgpt.cli import main as cli_main
 from scratchgpt.config import Config, apply_overrides, from_dict, load_recipe, parse_override, to_dict
-from scratchgpt.errors import ConfigError, UserError
+from scratchgpt.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 RECIPES = sorted((REPO / "configs").rglob("*.toml"))
 
 
-def test_config_error_is_a_user_error():
-    assert issubclass(ConfigError, UserError)
+def test_a_config_mistake_reaches_the_user_as_one_error_line(tmp_path, capsys):
+    """What ConfigError being a UserError is for: the CLI prints it as one `error:` line and exits 2."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nnorm = "rmsnrom"\n', encoding="utf-8")
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "run"), "--train.max_itres=3"]) == 2
+    out = capsys.readouterr()
+    assert out.err.splitlines() == ["error: unknown key 'train.max_itres' (did you mean 'train.max_iters'?)"]
+    assert cli_main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("error: 'model.norm' must be one of layernorm, rmsnorm, none, got 'rmsnrom' "
+                                       "(did you mean 'rmsnorm'?)\n")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("raw, key, suggestion", [

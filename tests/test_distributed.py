@@ -3,6 +3,7 @@ a dead rank ends the job with one sentence, and launches that cannot work are re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,18 @@ def _curve(run_dir: Path, kind: str = "train") -> dict[int, float]:
     return {r["step"]: r[key] for r in rows if r["kind"] == kind}
 
 
+@contextlib.contextmanager
+def _reaped(procs: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
+    """Whatever happens inside, no process is left running."""
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,6 +94,7 @@ def runs(small_text_dir, tmp_path_factory):
     return {"tmp": tmp, "data": small_text_dir, "one": one.run_dir, "two6": tmp / "two6", "stderr": r.stderr}
 
 
+@pytest.mark.slow
 def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     one, two = _curve(runs["one"]), _curve(runs["two6"])
     assert sorted(two) == list(range(1, 7))
@@ -89,6 +104,7 @@ def test_two_ranks_follow_one_process_with_the_same_global_batch(runs):
     assert "Traceback" not in runs["stderr"]
 
 
+@pytest.mark.slow
 def test_two_rank_run_resumes_on_two_ranks_and_on_one(runs):
     tmp = runs["tmp"]
     on_two, on_one = tmp / "resume2", tmp / "resume1"
@@ -109,6 +125,7 @@ def test_two_rank_run_resumes_on_two_ranks_and_on_one(runs):
     assert state["step"] == 12 and state["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_ends_the_job_with_one_sentence(runs, tmp_path):
     """Rank 1 exits mid-run; rank 0 must stop with a clear error, not hang (no torchrun to rescue it)."""
     port = _free_port()
@@ -126,12 +143,8 @@ def test_a_rank_that_dies_ends_the_job_with_one_sentence(runs, tmp_path):
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         cmd = [sys.executable, "-m", "scratchgpt.cli", *args] if rank == 0 else [sys.executable, "-c", dying, *args]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
+    with _reaped(procs):
         _, err = procs[0].communicate(timeout=120)
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
     assert procs[0].returncode == 2, err[-3000:]
     assert "error: rank 0 lost contact with the other ranks" in err
     assert "Traceback" not in err
@@ -144,6 +157,7 @@ SLOW_STEPS = ("import sys, time\nfrom scratchgpt.cli import main\nfrom scratchgp
               "loop.train_step = step\nsys.exit(main(sys.argv[1:]))\n")  # a few steps per poll of the test
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("targets", [(1,), (0, 1)], ids=["to_rank_1", "to_every_rank"])
 def test_sigterm_to_ranks_saves_one_checkpoint_and_every_rank_exits(runs, tmp_path, targets):
     """SIGTERM to one rank (the one that does not write) or to all: the ranks agree at the next log step, rank
@@ -159,7 +173,7 @@ def test_sigterm_to_ranks_saves_one_checkpoint_and_every_rank_exits(runs, tmp_pa
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         procs.append(subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *args], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
-    try:
+    with _reaped(procs):
         deadline = time.time() + 120
         while time.time() < deadline and all(p.poll() is None for p in procs) and len(_curve(run) if (
                 run / "metrics.jsonl").is_file() else {}) < 2:
@@ -168,11 +182,6 @@ def test_sigterm_to_ranks_saves_one_checkpoint_and_every_rank_exits(runs, tmp_pa
         for rank in targets:
             procs[rank].send_signal(signal.SIGTERM)
         errs = [p.communicate(timeout=120)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     for rank, (p, err) in enumerate(zip(procs, errs, strict=True)):
         why = "SIGTERM" if rank in targets else "a signal to another rank"
         assert p.returncode == 143 and f"error: stopped by {why} at step" in err and "Traceback" not in err, err
@@ -235,6 +244,7 @@ def test_sharded_loaders_together_draw_the_unsharded_batch(small_text_dir):
     assert all((p.state() == whole.state()).all() for p in parts)  # one stream, whatever the world size
 
 
+@pytest.mark.slow
 def test_fsdp_follows_one_process_and_its_checkpoint_resumes_unsharded(runs):
     tmp = runs["tmp"]
     r = _torchrun(2, str(tmp / "dist.toml"), "--out", str(tmp / "fsdp6"), "--train.max_iters=6", "--train.fsdp=true")
@@ -257,3 +267,78 @@ def test_fsdp_misuse_is_one_sentence(small_text_dir, tmp_path):
         _config(small_text_dir, fsdp=True, optimizer="muon")
     with pytest.raises(DistributedError, match="train.fsdp shards the model over several processes"):
         train(_config(small_text_dir, fsdp=True), out_dir=tmp_path / "x", progress=False)
+
+
+# Each rank records the lr it set at every step; rank 1 starts its clock 1.5 s after rank 0, so ranks that
+# followed their own clocks would decay their lrs differently under train.schedule_by_time.
+CLOCK_PROBE = """import atexit, json, os, sys, time
+from scratchgpt.cli import main
+from scratchgpt.train import loop
+rank, seen = int(os.environ["RANK"]), []
+real = loop.set_lr
+def set_lr(optimizer, step, t, time_frac=None):
+    lr = real(optimizer, step, t, time_frac)
+    seen.append((step, lr))
+    return lr
+loop.set_lr = set_lr
+atexit.register(lambda: open(os.environ["PROBE"] + f"/rank{rank}.json", "w").write(json.dumps(seen)))
+if rank == 1:
+    time.sleep(1.5)
+sys.exit(main(sys.argv[1:]))
+"""
+CLOCK_LIMIT = 6.0  # seconds from launch; the ranks spend the first few importing torch and building the run
+
+
+def _clock_args(recipe: Path, out: Path) -> list[str]:
+    return ["train", str(recipe), "--out", str(out), "--quiet", "--train.max_iters=100000",
+            "--train.eval_interval=100000", "--train.log_interval=3", f"--train.time_limit={CLOCK_LIMIT}",
+            "--train.schedule_by_time=true", "--train.warmup_iters=0"]
+
+
+def _ended_on_time(run: Path, err: str) -> int:
+    """The step the run stopped at, after checking it stopped because of the time limit, soon after it."""
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert f"time limit of {CLOCK_LIMIT:g} s reached at step {state['step']}" in err, err[-3000:]
+    assert CLOCK_LIMIT <= state["elapsed"] < CLOCK_LIMIT + 60  # the last log step's check, one evaluation, a save
+    assert state["world_size"] == 2 and 0 < state["step"] < 100000
+    return state["step"]
+
+
+@pytest.mark.slow
+def test_a_clock_driven_run_under_torchrun_follows_rank_0s_clock(runs, tmp_path):
+    """train.schedule_by_time on 2 ranks: every rank sets the same lr at every step and stops at the same step,
+    near the time limit; the lr decays over it."""
+    script = tmp_path / "probe.py"
+    script.write_text(CLOCK_PROBE, encoding="utf-8")
+    run, probe = tmp_path / "run", tmp_path / "probe"
+    probe.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           *_clock_args(_recipe(tmp_path, runs["data"]), run)]
+    r = subprocess.run(cmd, env={**_env(), "PROBE": str(probe)}, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    stopped = _ended_on_time(run, r.stderr)
+    lrs = [json.loads((probe / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert lrs[0] == lrs[1]  # the same (step, lr) pairs on both ranks
+    assert [s for s, _ in lrs[0]] == list(range(stopped))
+    assert lrs[0][-1][1] < lrs[0][0][1]  # the lr decayed with the clock (no step-based decay in 100,000 steps)
+    logged = {row["step"]: row["lr"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if row["kind"] == "train"}
+    assert all(logged[s + 1] == lr for s, lr in lrs[0] if s + 1 in logged)  # rank 0's log is that lr
+
+
+@pytest.mark.slow
+def test_a_two_node_launch_on_one_machine_trains_and_ends_on_time(runs, tmp_path):
+    """Two torchrun launchers, one process each (--nnodes 2, --node_rank 0 and 1), meeting on 127.0.0.1."""
+    port, run = _free_port(), tmp_path / "run"
+    args = _clock_args(_recipe(tmp_path, runs["data"]), run)
+    launchers = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "scratchgpt.cli", *args]
+        launchers.append(subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    with _reaped(launchers):
+        errs = [p.communicate(timeout=180)[1] for p in launchers]
+    for p, err in zip(launchers, errs, strict=True):
+        assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+    _ended_on_time(run, errs[0])
+    assert "time limit" not in errs[1]  # rank 1 (node 1) says nothing; rank 0 speaks for the run

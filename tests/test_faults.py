@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 from kill_util import FS_GATES, Zygote, leftovers, snapshot
 from scratchgpt import checkpoint as ckpt
 from scratchgpt.cli import main as cli_main
-from scratchgpt.train import checkpoints
 from scratchgpt.train.ownership import holds_run
+from scratchgpt.train.writer import RunWriter
 from test_disks import fill, mounted
 
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "dropout": 0.1}
@@ -68,6 +68,7 @@ def no_temp_files(run: Path) -> bool:
 
 # ---- training ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["new", "replacing"])
 def test_sigkill_at_any_step_of_training_loses_at_most_the_steps_since_the_last_checkpoint(refs, tmp_path, mode):
     work = tmp_path / "work"
@@ -117,6 +118,7 @@ def test_sigkill_at_any_step_of_training_loses_at_most_the_steps_since_the_last_
 
 # ---- export --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over", [False, True], ids=["new", "over_an_old_export"])
 def test_sigkill_at_any_step_of_export_leaves_no_output_or_a_whole_one(refs, tmp_path, over):
     ref_new, ref_old, out = tmp_path / "ref_new", tmp_path / "ref_old", tmp_path / "work" / "hf"
@@ -176,7 +178,7 @@ def test_a_disk_that_fills_during_training_is_one_sentence_and_keeps_the_last_ch
         shutil.copytree(refs["straight"], run)  # a checkpoint at step 4
         kept = (ckpt.TOKENIZER, ckpt.MODEL, ckpt.MODEL_BEST, ckpt.STATE)
         before = {n: (run / n).read_bytes() for n in kept}
-        real_save = checkpoints.save
+        real_save = RunWriter.save
 
         def filling_save(*a, **k):
             if way == "full":
@@ -185,7 +187,7 @@ def test_a_disk_that_fills_during_training_is_one_sentence_and_keeps_the_last_ch
                 monkeypatch.setattr(os, "fsync", no_space)  # every writer fsyncs before it commits
             return real_save(*a, **k)
 
-        monkeypatch.setattr(checkpoints, "save", filling_save)
+        monkeypatch.setattr(RunWriter, "save", filling_save)
         resume = ["train", "--resume", str(run), "--quiet", "--train.max_iters=8"]
         assert cli_main(resume) == 2
         monkeypatch.undo()

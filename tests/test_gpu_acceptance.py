@@ -35,6 +35,7 @@ def _one_line(r: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_shell_script_without_a_gpu_says_so_in_one_line(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -47,6 +48,7 @@ def test_shell_script_without_a_gpu_says_so_in_one_line(tmp_path):
     assert "no NVIDIA GPU" in _one_line(r)
 
 
+@pytest.mark.slow
 def test_python_helper_without_a_gpu_says_so_in_one_line():
     r = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_acceptance.py")], capture_output=True, text=True,
                        env=_env(CUDA_VISIBLE_DEVICES=""), timeout=120)
@@ -140,6 +142,7 @@ def test_a_step_that_hangs_is_killed_at_its_timeout(tmp_path):
     assert ACC.Runner(200, tmp_path, {}).timeout("bench", ["speedrun", "decode", "torchrun"]) < 60
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_command_with_tiny_sizes(tmp_path, shakespeare_path):
     """The acceptance run's commands and flags, each really run on the CPU (pytest -m gpu aside: it is run by
     this very suite); the table comes last and every check ran."""

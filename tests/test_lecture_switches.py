@@ -241,7 +241,7 @@ def test_lecture_recipe_builds_its_step(name):
     assert all(b.residual == residual for b in blocks)
     assert any(isinstance(x, nn.LayerNorm) for x in model.modules()) == ln
     if mlp:
-        assert all(b.mlp.act == "relu" for b in blocks)  # the lecture's feed-forward uses ReLU
+        assert all(b.mlp.act is F.relu for b in blocks)  # the lecture's feed-forward uses ReLU
         # one Linear(C, C) in step 4; the 4x MLP with its projection from step 5
         assert all((b.mlp.c_proj is None) == (name == "4_feed_forward") for b in blocks)
     assert m.bias == "lecture"

@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchgpt import checkpoint as ckpt
+from conftest import untrained_run
 from scratchgpt import memory
 from scratchgpt.cli import main as cli_main
 from scratchgpt.config import Config, ModelConfig, from_dict
 from scratchgpt.models import GPT, BigramLanguageModel, build_model
-from scratchgpt.tokenizers import CharTokenizer
+from scratchgpt.optim import configure_optimizer
 
 
 @settings(max_examples=40, deadline=None)
@@ -44,6 +44,17 @@ def test_training_estimate_counts_weights_grads_and_adamw_state():
     assert bigger.activations > est.activations and bigger.states == est.states
 
 
+
+def test_muon_estimate_holds_one_momentum_for_exactly_the_matrices_muon_takes():
+    cfg = from_dict({"model": {"n_layer": 3, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 10},
+                     "train": {"optimizer": "muon"}})
+    opt = configure_optimizer(build_model(cfg.model), cfg.train, torch.device("cpu"))
+    taken = sum(p.numel() for g in opt.param_groups if g.get("muon") for p in g["params"])
+    assert taken > 0
+    est = memory.train_bytes(cfg)
+    assert est.states == 16 * est.params - 4 * taken  # fp32 weights + grads, AdamW 2 moments, Muon 1
+
+
 def memory_dict(cfg: Config) -> dict:
     return {"model": {"n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "n_embd": cfg.model.n_embd,
                       "block_size": cfg.model.block_size, "vocab_size": cfg.model.vocab_size}}
@@ -56,12 +67,24 @@ def test_ram_is_what_sysconf_says_or_less():
 
 @pytest.fixture
 def no_building(monkeypatch):
-    """Building any model is a test failure (and would allocate terabytes): the refusal must come first."""
-    def boom(*args, **kwargs):
-        raise AssertionError("a model was built before the memory check")
+    """Building any model with real weights is a test failure (and would allocate terabytes): the refusal must
+    come first. Counting parameters builds one on the meta device, which allocates nothing."""
+    meta_builds = []
 
-    monkeypatch.setattr(GPT, "__init__", boom)
-    monkeypatch.setattr(BigramLanguageModel, "__init__", boom)
+    def guarded(cls):
+        real = cls.__init__
+
+        def init(self, *args, **kwargs):
+            if torch.get_default_device().type != "meta":
+                raise AssertionError("a model was built before the memory check")
+            meta_builds.append(cls.__name__)
+            real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", init)
+
+    guarded(GPT)
+    guarded(BigramLanguageModel)
+    return meta_builds
 
 
 def one_error_line(capsys) -> str:
@@ -82,6 +105,7 @@ def test_an_impossible_model_is_refused_before_it_is_built(command, small_text_d
     assert "to train" in line and "8.1T parameters" in line and "this machine has" in line and "RAM" in line, line
     assert "TiB" in line and "model.n_layer" in line
     assert not (tmp_path / "run").exists()
+    assert no_building and set(no_building) == {"GPT"}  # counted from the meta device
 
 
 def test_the_machines_memory_decides(small_text_dir, tmp_path, monkeypatch, capsys):
@@ -97,20 +121,14 @@ def test_the_machines_memory_decides(small_text_dir, tmp_path, monkeypatch, caps
     assert cli_main(["train", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 0
 
 
-def test_loading_a_run_too_big_for_the_machine_is_refused(tmp_path, monkeypatch, capsys):
-    cfg = Config(name="r", model=ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=4))
-    run = tmp_path / "run"
-    run.mkdir()
-    model = build_model(cfg.model)
-    ckpt.write_run_header(run, cfg, CharTokenizer("\nabc"), model.num_params())
-    ckpt.save_weights(run / ckpt.MODEL, model, step=0)
-    need = memory.weights_bytes(cfg.model)
+def test_loading_a_run_too_big_for_the_machine_is_refused(tmp_path, monkeypatch, capsys, request):
+    run, model_cfg = untrained_run(tmp_path / "run")
+    need = memory.weights_bytes(model_cfg)
     monkeypatch.setattr(memory, "ram_bytes", lambda: need - 1)
-    built = []
-    monkeypatch.setattr(GPT, "__init__", lambda *a, **k: built.append(1))
+    request.getfixturevalue("no_building")  # from here on a real build fails the test
     assert cli_main(["sample", str(run), "--max-new-tokens", "2"]) == 2
     line = one_error_line(capsys)
-    assert f"need about {memory.fmt_bytes(need)} RAM to load" in line and not built
+    assert f"need about {memory.fmt_bytes(need)} RAM to load" in line
 
 
 @pytest.mark.gpu

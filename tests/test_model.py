@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchgpt.models import GPT, BigramLanguageModel, GPTConfig, build_model
+from scratchgpt.models import GPT, BigramLanguageModel, GPTConfig, ModelConfig, build_model
 from scratchgpt.models.gpt import CausalSelfAttention
 
 # The default model at the lecture's final size: nanoGPT's model (GELU, tied head, no biases), not the lecture's
@@ -105,6 +105,23 @@ def test_bias_patterns_put_biases_where_they_say():
     assert GPTConfig(bias=True).bias == "gpt2"
     with pytest.raises(ValueError, match="bias must be one of none, gpt2, lecture"):
         GPTConfig(bias="all")
+
+
+@pytest.mark.parametrize("field", sorted(ModelConfig.choices()))
+def test_every_choice_builds_and_an_unknown_one_is_refused_when_the_config_is_made(field):
+    """An unknown value once built something silently (relu^2 for an unknown mlp, no norm for an unknown norm)."""
+    allowed = ModelConfig.choices()[field]
+    assert len(allowed) >= 2
+    shape = {"n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 4, "vocab_size": 5}
+    for value in allowed:  # every declared value resolves to modules
+        model = build_model(ModelConfig(**shape, **{field: value}))
+        assert model(torch.zeros(1, 4, dtype=torch.long))[0].shape == (1, 4, 5)
+    typo = allowed[1] + "x"
+    with pytest.raises(ValueError) as e:
+        ModelConfig(**shape, **{field: typo})
+    assert str(e.value) == (f"ModelConfig.{field} must be one of {', '.join(allowed)}, got {typo!r} "
+                            f"(did you mean '{allowed[1]}'?)")
+    assert field not in GPTConfig.choices() or GPTConfig.choices()[field] == allowed
 
 
 def test_initial_loss_near_ln_vocab(shakespeare_dir):

@@ -98,11 +98,31 @@ def test_qk_norm_gives_unit_rms_queries_and_keys(monkeypatch):
         assert torch.allclose(rms, torch.ones_like(rms), atol=1e-3) == qk_norm
 
 
-def test_relu2_is_squared_relu():
-    cfg = GPTConfig(n_embd=8, n_head=2, vocab_size=5, mlp="relu2")
-    mlp = MLP(cfg).eval()
+# each MLP choice against the formula it names, written out independently of the model's table
+REFERENCE_ACTIVATIONS = {
+    "gelu": lambda h: 0.5 * h * (1 + torch.erf(h / math.sqrt(2))),
+    "gelu_tanh": lambda h: 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3))),
+    "relu": lambda h: h.clamp(min=0),
+    "relu2": lambda h: h.clamp(min=0) ** 2,
+}
+
+
+@pytest.mark.parametrize("act", sorted(REFERENCE_ACTIVATIONS))
+def test_each_mlp_choice_applies_the_function_it_names(act):
+    assert set(REFERENCE_ACTIVATIONS) | {"none"} == set(GPTConfig.choices()["mlp"])  # none: no MLP (below)
+    torch.manual_seed(0)
+    mlp = MLP(GPTConfig(n_embd=8, n_head=2, vocab_size=5, mlp=act)).eval()
     x = torch.randn(2, 3, 8)
-    torch.testing.assert_close(mlp(x), mlp.c_proj(F.relu(mlp.c_fc(x)) ** 2))
+    torch.testing.assert_close(mlp(x), mlp.c_proj(REFERENCE_ACTIVATIONS[act](mlp.c_fc(x))))
+    assert _model(mlp="none").h[0].mlp is None and _model(mlp="none").h[0].ln_2 is None
+
+
+@pytest.mark.parametrize("norm, cls", [("layernorm", torch.nn.LayerNorm), ("rmsnorm", RMSNorm),
+                                       ("none", torch.nn.Identity)])
+def test_each_norm_choice_builds_its_module_everywhere(norm, cls):
+    m = _model(norm=norm)
+    norms = [m.ln_f] + [b.ln_1 for b in m.h] + [b.ln_2 for b in m.h]
+    assert all(type(n) is cls for n in norms), norms
 
 
 def test_no_bias_model_has_no_bias_parameters():

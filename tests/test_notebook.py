@@ -38,6 +38,7 @@ def ran(shakespeare_path, tmp_path_factory) -> dict[str, str]:
     return outputs_by_tag(nb)
 
 
+@pytest.mark.slow  # a kernel runs the whole notebook
 def test_data_vocabulary_encoding_and_split_are_the_lectures(ran):
     chars, size = ran["vocab"].splitlines()
     assert size == "65" and len(ast.literal_eval(chars)) == 65  # the repr the notebook printed
@@ -45,6 +46,7 @@ def test_data_vocabulary_encoding_and_split_are_the_lectures(ran):
     assert ran["split"].strip() == "train 1,003,854 tokens, val 111,540 tokens"
 
 
+@pytest.mark.slow  # a kernel runs the whole notebook
 def test_get_batch_prints_the_lectures_examples(ran):
     lines = [ln for ln in ran["batch"].splitlines() if ln.startswith("when input is")]
     assert len(lines) == 4 * 8  # batch 4, block 8
@@ -54,6 +56,7 @@ def test_get_batch_prints_the_lectures_examples(ran):
     assert lines[-1] == "when input is [25, 17, 27, 10, 0, 21, 1, 54] the target: 39"
 
 
+@pytest.mark.slow  # a kernel runs the whole notebook
 def test_untrained_bigram_scores_a_uniform_guess_and_training_lowers_the_loss(ran):
     loss = float(re.search(r"loss of the untrained bigram: ([\d.]+)", ran["untrained"]).group(1))
     assert abs(loss - math.log(65)) < 0.1
@@ -64,12 +67,14 @@ def test_untrained_bigram_scores_a_uniform_guess_and_training_lowers_the_loss(ra
         assert len(losses) >= 2 and losses[-1] < losses[0], (tag, losses)
 
 
+@pytest.mark.slow  # a kernel runs the whole notebook
 def test_four_ways_to_average_the_past_agree(ran):
     lines = ran["averages"].splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["loop == matmul", "loop == softmax", "loop == a head"]
     assert all(ln.split()[-1] == "True" for ln in lines)
 
 
+@pytest.mark.slow  # a kernel runs the whole notebook
 def test_the_lectures_final_model_counts_what_the_lecture_prints(ran):
     assert ran["full_size"].strip() == "10.788929 M parameters"
 
@@ -85,3 +90,31 @@ def test_committed_notebook_is_the_built_one_run_in_full():
     out = outputs_by_tag(committed)
     assert val_losses(out["bigram"])[-1] < 2.6  # the full run: the bigram trained to about 2.5
     assert val_losses(out["gpt"])[-1] < val_losses(out["bigram"])[-1]  # and the GPT below it
+
+
+def test_without_a_corpus_the_notebook_says_what_a_notebook_reader_can_do(tmp_path, monkeypatch):
+    """The data cell, with no corpus anywhere and no network: the sentence names the variable to set in a cell
+    (not a command-line flag), and doing what it says makes the cell work."""
+    import urllib.error
+
+    from scratchgpt import data
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.delenv(data.SHAKESPEARE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    cell = next(src for kind, _, src in BUILD.CELLS if "def find_tiny_shakespeare" in src)
+    scope = {"os": os, "Path": Path, "SHAKESPEARE_ENV": data.SHAKESPEARE_ENV,
+             "fetch_shakespeare": data.fetch_shakespeare, "read_utf8": data.read_utf8}
+    with pytest.raises(data.DataError) as e:
+        exec(cell, dict(scope))
+    message = str(e.value)
+    assert f'set os.environ["{data.SHAKESPEARE_ENV}"] = "/path/to/input.txt" in a cell above' in message
+    assert "--input" not in message and "input.txt beside this notebook" in message
+    (tmp_path / "corpus.txt").write_text("First Citizen:\n", encoding="utf-8")
+    monkeypatch.setenv(data.SHAKESPEARE_ENV, str(tmp_path / "corpus.txt"))  # what the sentence says
+    done = dict(scope)
+    exec(cell, done)
+    assert done["text"] == "First Citizen:\n"

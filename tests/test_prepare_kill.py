@@ -29,6 +29,7 @@ PREPARE_GATES = [*FS_GATES, "scratchgpt.data._write_ids", "scratchgpt.corpus._Sh
 CORPUS = ["--workers", "1", "--txt-docs", "line", "--shard-tokens", "1000"]  # streamed into several shards
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, exchange", [("text", True), ("corpus", True), ("corpus", False)],
                          ids=["prepare_text", "prepare_corpus", "prepare_corpus-no-exchange"])
 def test_killed_reprepare_leaves_old_or_new_data(tmp_path, monkeypatch, kind, exchange):

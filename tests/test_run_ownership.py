@@ -355,13 +355,13 @@ def test_resume_into_another_directory_leaves_the_source_run(trained, tmp_path, 
 def test_a_signal_during_set_up_saves_after_the_first_step(small_text_dir, tmp_path, monkeypatch):
     from conftest import tiny_config
 
-    real = loop.build_run
+    real = loop.build_setup
 
-    def build_run(*a, **k):
+    def build_setup(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)  # while the model is being built
         return real(*a, **k)
 
-    monkeypatch.setattr(loop, "build_run", build_run)
+    monkeypatch.setattr(loop, "build_setup", build_setup)
     with pytest.raises(Interrupted, match="SIGTERM at step 1"):
         loop.train(tiny_config(small_text_dir, max_iters=50), out_dir=tmp_path / "run", progress=False)
     assert ckpt.read_trainer_info(tmp_path / "run")["step"] == 1

@@ -38,6 +38,7 @@ def sample(capsys, run_dir: Path, *args: str) -> str:
     return out.out
 
 
+@pytest.mark.slow
 def test_same_seed_same_text_across_processes(run_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "scratchgpt.cli", "sample", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "80"]
@@ -148,3 +149,24 @@ def test_bad_sampling_arguments_are_user_errors(capsys, run_dir, args, message):
     assert cli_main(["sample", str(run_dir), *args]) == 2
     out = capsys.readouterr()
     assert out.err.startswith("error: ") and message in out.err and out.out == ""
+
+
+@pytest.mark.slow
+def test_a_reader_that_closes_the_pipe_ends_sample_quietly(run_dir):
+    """`scratchgpt sample RUN | head -1`: the reader takes one line and closes the pipe. The samples together
+    are larger than a pipe's buffer, so the process is still writing when the pipe closes, whatever the timing:
+    it must exit 0 and print nothing on stderr (no traceback, no "Exception ignored" at interpreter exit)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "scratchgpt.cli", "sample", str(run_dir), "--prompt", PROMPT,
+                             "--max-new-tokens", "60", "--num-samples", "2000", "--seed", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline().startswith(PROMPT.encode())
+        proc.stdout.close()  # as head does after its line; about 150 KB are still to come
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert err == b""

@@ -244,6 +244,7 @@ def metrics_lines(run: Path) -> int:
     return metrics.read_text().count("\n") if metrics.is_file() else 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_saves_and_resume_continues_exactly(small_text_dir, tmp_path, signum):
     """Ctrl-C, `kill` (docker stop, SLURM, systemd) and a closed terminal: save, say so, exit 128 + signal."""
@@ -285,21 +286,22 @@ def test_a_signal_saves_and_resume_continues_exactly(small_text_dir, tmp_path, s
 SLOW_SIGNAL_SAVE = r"""
 import os, sys, time
 from scratchgpt.cli import main
-from scratchgpt.train import checkpoints
-real_save, real_replace, saving = checkpoints.save, os.replace, []
-def save(run, eval_losses, *a, **k):
+from scratchgpt.train.writer import RunWriter
+real_save, real_replace, saving = RunWriter.save, os.replace, []
+def save(self, progress, data_state, elapsed, eval_losses=None, **k):
     saving.append(eval_losses is None)  # None: the save a first signal asks for
-    return real_save(run, eval_losses, *a, **k)
+    return real_save(self, progress, data_state, elapsed, eval_losses, **k)
 def replace(*a, **k):  # inside that save, each file is written and then waits to be renamed into place
     if saving and saving[-1]:
         print("writing", file=sys.stderr, flush=True)
         time.sleep(120)
     return real_replace(*a, **k)
-checkpoints.save, os.replace = save, replace
+RunWriter.save, os.replace = save, replace
 sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(small_text_dir, tmp_path):
     recipe = signal_recipe(small_text_dir, tmp_path, eval_interval=3)
     run = tmp_path / "run"

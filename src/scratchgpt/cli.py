@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -231,10 +232,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
     if args.action == "train":
+        from .console import progress_bar
         from .tokenizers.bpe_train import TOKENIZER_FILE, train_bpe_files
 
-        tok = train_bpe_files(args.input, args.vocab_size, args.out, special_tokens=args.special or ["<|endoftext|>"],
-                              pattern=args.pattern)
+        with progress_bar(desc="merging", unit="merge") as bar:
+            tok = train_bpe_files(args.input, args.vocab_size, args.out, special_tokens=args.special or ["<|endoftext|>"],
+                                  pattern=args.pattern, progress=_advance(bar))
         note = "" if tok.vocab_size == args.vocab_size else " (the text had no more pairs to merge)"
         print(f"wrote {Path(args.out) / TOKENIZER_FILE}: {tok.vocab_size:,} tokens, {len(tok.merges):,} merges{note}",
               file=sys.stderr)
@@ -245,6 +248,14 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     text = read_utf8(args.input)
     print(format_table(compare_tokenizers(text, args.vocab_size), len(text)))
     return 0
+
+
+def _advance(bar):  # a progress(done, total) callback that moves a progress_bar
+    def report(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return report
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -492,28 +503,41 @@ def main(argv: list[str] | None = None) -> int:
             bad = [a for a in rest if not (a.startswith("--") and "." in a.split("=", 1)[0])]
             if bad:
                 parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --train.max_iters=2000)")
-            return _cmd_train(args, rest, launch) if args.command == "train" else _cmd_bench(args, rest)
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        commands = {"prepare": _cmd_prepare, "export": _cmd_export, "import-hf": _cmd_import_hf,
-                    "tokenizer": _cmd_tokenizer, "lecture": _cmd_lecture, "serve": _cmd_serve,
-                    "sample": _cmd_sample, "eval": _cmd_eval, "chat": _cmd_chat, "recipes": _cmd_recipes,
-                    "demo": _cmd_demo}
-        return commands[args.command](args)
+            code = _cmd_train(args, rest, launch) if args.command == "train" else _cmd_bench(args, rest)
+        else:
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            commands = {"prepare": _cmd_prepare, "export": _cmd_export, "import-hf": _cmd_import_hf,
+                        "tokenizer": _cmd_tokenizer, "lecture": _cmd_lecture, "serve": _cmd_serve,
+                        "sample": _cmd_sample, "eval": _cmd_eval, "chat": _cmd_chat, "recipes": _cmd_recipes,
+                        "demo": _cmd_demo}
+            code = commands[args.command](args)
+        sys.stdout.flush()  # here, so that a reader that went away is noticed below and not at exit
+        return code
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:  # Ctrl-C outside training, or a second signal during it (train/stop.py)
         print(f"error: {e or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(e, "signum", 2)
+    except BrokenPipeError:  # `scratchgpt sample ... | head` closed our stdout: not an error
+        _stdout_to_devnull()
+        return 0
     except OSError as e:  # the last resort for a full or read-only disk that no writer turned into a sentence
         if e.errno not in DISK_ERRNOS:
             raise
         where = f"'{e.filename}': " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `scratchgpt sample ... | head` closed our stdout: not an error
-        return 0
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe, what is still buffered for stdout goes nowhere: the interpreter flushes stdout at
+    exit, and that second failed write would print "Exception ignored ... BrokenPipeError" (Python's advice,
+    in the signal module's documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

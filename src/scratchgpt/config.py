@@ -14,12 +14,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError, closest
 from .limits import MAX_BATCH, MAX_THREADS, NOT_NEGATIVE, POSITIVE, UINT64_MAX, UNIT_OPEN, Range, floats, ints
 from .models import ModelConfig
-from .models.gpt import BIASES
 from .recipes import find as find_recipe
 
 
@@ -28,7 +27,7 @@ class DataConfig:
     dir: str = "data/shakespeare_char"  # a directory written by `scratchgpt prepare`
     # text: windows of a token stream; chat: whole conversations, the loss on the assistants' replies only
     # (`scratchgpt prepare chat`), usually with model.init_from = a run to fine-tune
-    format: str = "text"
+    format: Literal["text", "chat"] = "text"
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_iters: int = 100
     lr_decay_iters: int = 0  # 0: decay over max_iters
-    lr_schedule: str = "cosine"  # cosine | linear | wsd (flat, then linear over cooldown_frac) | constant
+    lr_schedule: Literal["cosine", "linear", "wsd", "constant"] = "cosine"  # wsd: flat, then linear over cooldown_frac
     cooldown_frac: float = 0.4  # wsd: the share of the decay span spent cooling down to min_lr at the end
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -53,14 +52,15 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0: same as batch_size
     log_interval: int = 10
     seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA and CPUs with native bf16, fp32 elsewhere) | float32 | bfloat16
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # auto: bf16 autocast on CUDA and CPUs with native bf16, fp32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     time_limit: float = 0.0  # seconds from launch after which training stops (0: none)
-    schedule_by_time: bool = False  # decay the lr over time_limit too, so it ends by the deadline (1 process)
+    schedule_by_time: bool = False  # decay the lr over time_limit too, so it ends by the deadline (rank 0's clock)
     stop_val_loss: float = 0.0  # stop at the first evaluation whose val loss is at most this (0: never)
-    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' weight matrices, AdamW for the rest)
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for the blocks' weight matrices, AdamW for the rest
     muon_lr: float = 0.02  # Muon's peak lr; it follows the same warmup and decay as learning_rate
     muon_momentum: float = 0.95
     peak_flops: float = 0.0  # one device's peak FLOP/s (e.g. 989e12: H100 dense bf16) for MFU per device; 0: none
@@ -78,20 +78,6 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("text", "chat"),
-    "model.arch": ("gpt", "bigram"),
-    "model.bias": BIASES,
-    "model.pos_emb": ("learned", "rope", "none"),
-    "model.norm": ("layernorm", "rmsnorm", "none"),
-    "model.mlp": ("gelu", "gelu_tanh", "relu", "relu2", "none"),
-    "model.init_scheme": ("gpt2", "torch"),
-    "model.attention": ("sdpa", "manual"),
-    "train.lr_schedule": ("cosine", "linear", "wsd", "constant"),
-    "train.device": ("auto", "cpu", "cuda", "mps"),
-    "train.dtype": ("auto", "float32", "bfloat16"),
-    "train.optimizer": ("adamw", "muon"),
-}
 # Values a key once took that still load (config.json files of older runs): model.bias was a bool.
 LEGACY: dict[str, dict[bool, str]] = {"model.bias": {False: "none", True: "gpt2"}}
 
@@ -139,12 +125,22 @@ def _field_types(cls: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+# The allowed values of every choice key, derived from the fields' Literal types (the model's are declared in
+# models/gpt.py next to the modules they select)
+CHOICES: dict[str, tuple[str, ...]] = {
+    f"{section}.{name}": typing.get_args(typ) for section, cls in SECTIONS.items()
+    for name, typ in _field_types(cls).items() if typing.get_origin(typ) is Literal
+}
+
+
 def _check_value(key: str, value: Any, typ: type) -> Any:
     """Return value converted to typ (int -> float allowed), or raise naming the key."""
     if isinstance(typ, types.UnionType):
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
     if key in LEGACY and isinstance(value, bool):
         value = LEGACY[key][value]
+    if typing.get_origin(typ) is Literal:
+        typ = str  # and one of CHOICES[key], checked below
     ok = (
         (typ is bool and isinstance(value, bool))
         or (typ is int and isinstance(value, int) and not isinstance(value, bool))

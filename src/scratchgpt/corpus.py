@@ -332,7 +332,7 @@ def prepare_corpus(
 def _build(sources: list[Source], staging: Path, tok: Tokenizer | None, workers: int, progress: bool, *,
            block_size: int, val_fraction: float, shard_tokens: int, text_field: str, txt_docs: str,
            hf_config: str | None, hf_split: str) -> dict[str, Any]:
-    from tqdm import tqdm
+    from .console import progress_bar  # tqdm: only in the parent, not in every worker's imports
 
     def batches() -> Iterator[list]:
         pieces = read_documents(sources, text_field, txt_docs, hf_config, hf_split)
@@ -353,7 +353,7 @@ def _build(sources: list[Source], staging: Path, tok: Tokenizer | None, workers:
 
     writers = [_ShardWriter(staging, "train", shard_tokens), _ShardWriter(staging, "val", shard_tokens)]
     docs = [0, 0]
-    bar = tqdm(unit="tok", unit_scale=True, desc="tokenizing", disable=None if progress else True)
+    bar = progress_bar(desc="tokenizing", unit="tok", unit_scale=True, enabled=progress)
     try:
         for train_ids, val_ids, train_docs, val_docs in _parallel(_encode_batch, batches(), workers, state):
             writers[0].write(train_ids)

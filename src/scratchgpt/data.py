@@ -89,16 +89,15 @@ def prepare_text(
     return meta
 
 
-def fetch_shakespeare(dest: Path) -> Path:
-    """Download tiny Shakespeare to dest; offline, a DataError saying what to pass instead."""
+def fetch_shakespeare(dest: Path, instead: str = f"pass --input PATH or set {SHAKESPEARE_ENV}=PATH to a local "
+                                                 "copy of input.txt") -> Path:
+    """Download tiny Shakespeare to dest; offline, a DataError saying what to do `instead` (the command line's
+    words by default; the lecture notebook passes its own)."""
     try:
         with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r:
             data = r.read()
     except (urllib.error.URLError, OSError):
-        raise DataError(
-            f"could not download tiny Shakespeare (no network?); pass --input PATH or set {SHAKESPEARE_ENV}=PATH "
-            "to a local copy of input.txt"
-        ) from None
+        raise DataError(f"could not download tiny Shakespeare (no network?); {instead}") from None
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
     return dest

@@ -4,7 +4,7 @@ Owns `DistContext` (rank, world size, local rank), `world_from_env` (RANK / WORL
 torchrun sets them), `check_launch` (a config that cannot run on this many processes), `setup` /
 `teardown` of the process group (nccl on CUDA, gloo elsewhere, every collective bounded by a timeout),
 `shard_bounds` (which rows of a global batch a rank owns), the few collectives the trainer needs (mean of
-a float, any() of flags, sum of tensors, barrier), each rank's torch RNG state for checkpoints
+a float, rank 0's float, any() of flags, sum of tensors, barrier), each rank's torch RNG state for checkpoints
 (`rng_states`, `restore_rng`, `rank_seed`), and `collective_errors`, which turns a dead peer or a
 timed-out collective into one `DistributedError` sentence instead of a hang or a gloo traceback.
 Does not own the training loop or the DDP wrapper (`train/`). Single-process runs never touch
@@ -78,8 +78,6 @@ def check_launch(t: TrainConfig, ctx: DistContext) -> None:
             f"train.batch_size ({t.batch_size}) is the global batch and must split evenly over the "
             f"{ctx.world_size} processes; use a multiple of {ctx.world_size}"
         )
-    if t.schedule_by_time and ctx.enabled:  # each rank's clock differs, and their lrs must not
-        raise DistributedError("train.schedule_by_time follows one process's clock; set it false under torchrun")
     if t.fsdp and not ctx.enabled:
         raise DistributedError("train.fsdp shards the model over several processes; launch with "
                                "`torchrun --nproc_per_node N -m scratchgpt.cli train ...` (N >= 2) or set it false")
@@ -157,6 +155,15 @@ def mean_float(ctx: DistContext, value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=comm_device(device))
     dist.all_reduce(t)
     return t.item() / ctx.world_size
+
+
+def broadcast_float(ctx: DistContext, value: float, device: torch.device) -> float:
+    """Rank 0's value of a Python float, on every rank."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=comm_device(device))
+    dist.broadcast(t, src=0)
+    return t.item()
 
 
 def any_flags(ctx: DistContext, flags: list[bool], device: torch.device) -> list[bool]:

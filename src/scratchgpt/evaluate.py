@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
+from .console import ProgressBar, progress_bar
 from .errors import DataError, UserError
 from .fileio import read_utf8
 from .runtime import Runtime
@@ -88,7 +87,7 @@ def _logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Te
 
 
 def score_tokens(model: nn.Module, ids: Sequence[int] | np.ndarray, block_size: int, stride: int | None = None,
-                 batch_size: int = 8, rt: Runtime | None = None, bar: tqdm | None = None) -> np.ndarray:
+                 batch_size: int = 8, rt: Runtime | None = None, bar: ProgressBar | None = None) -> np.ndarray:
     """ln p of every token after the first, float32, shape (len(ids) - 1,): the windows of `windows` (stride
     None: block_size), `batch_size` of them per forward pass. `rt` gives autocast (None: the model as it is)."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -189,14 +188,14 @@ def _encode_text(tokenizer: Any, text: str, name: str) -> np.ndarray:
 
 
 def _score_ids(model: nn.Module, tokenizer: Any, ids: np.ndarray, text: str, block_size: int, stride: int | None,
-               batch_size: int, rt: Runtime | None, bar: tqdm | None) -> TextScore:
+               batch_size: int, rt: Runtime | None, bar: ProgressBar | None) -> TextScore:
     logprobs = score_tokens(model, ids, block_size, stride, batch_size, rt, bar)
     scored_bytes = len(text.encode("utf-8", errors="surrogatepass")) - first_token_bytes(tokenizer, ids, text)
     return TextScore(ids.tolist(), logprobs, max(scored_bytes, 1))
 
 
 def score_text(model: nn.Module, tokenizer: Any, text: str, block_size: int, stride: int | None = None,
-               batch_size: int = 8, rt: Runtime | None = None, bar: tqdm | None = None,
+               batch_size: int = 8, rt: Runtime | None = None, bar: ProgressBar | None = None,
                name: str = "the text") -> TextScore:
     """Tokenize text and score every token after the first (see the module docstring)."""
     ids = _encode_text(tokenizer, text, name)
@@ -288,7 +287,7 @@ class ChoiceScore:
 
 
 def score_choices(model: nn.Module, tokenizer: Any, questions: list[Question], block_size: int,
-                  batch_size: int = 8, rt: Runtime | None = None, bar: tqdm | None = None,
+                  batch_size: int = 8, rt: Runtime | None = None, bar: ProgressBar | None = None,
                   path: str | Path = "choices") -> ChoiceScore:
     """Accuracy and length-normalised accuracy; choices of similar length share a forward pass (right-padded:
     a causal model's real positions never see the padding)."""
@@ -360,8 +359,8 @@ def evaluate_run(run_dir: str | Path, texts: Sequence[str | Path] = (), choices:
                               "tokenizer": tokenizer.kind, "block_size": block, "stride": stride}
     if read:
         ids = {name: _encode_text(tokenizer, text, f"text file '{name}'") for name, text in read}  # fail early
-        bar = tqdm(total=sum(len(v) - 1 for v in ids.values()), unit="tok", unit_scale=True, desc="scoring",
-                   disable=None if progress else True, file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(sum(len(v) - 1 for v in ids.values()), desc="scoring", unit="tok", unit_scale=True,
+                           enabled=progress)
         scores = [_score_ids(model, tokenizer, ids[name], text, block, stride, batch_size, rt, bar)
                   for name, text in read]
         bar.close()
@@ -369,8 +368,7 @@ def evaluate_run(run_dir: str | Path, texts: Sequence[str | Path] = (), choices:
         report["total"] = _total_row(scores)
     if questions is not None:
         n_rows = sum(len(q.choices) for q in questions)
-        bar = tqdm(total=n_rows, unit="choice", desc="choices", disable=None if progress else True,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(n_rows, desc="choices", unit="choice", enabled=progress)
         cs = score_choices(model, tokenizer, questions, block, batch_size, rt, bar, choices)
         bar.close()
         report["choices"] = {"file": str(choices), "questions": cs.questions, "accuracy": cs.accuracy,

@@ -1,6 +1,6 @@
 """How much memory a model needs, from its config alone, and refusing one that cannot fit before it is built.
 
-Owns `count_params` (exact, from the config: no module is built), `train_bytes` (weights + gradients +
+Owns `count_params` (exact: the model built on the meta device, which holds shapes and no memory), `train_bytes` (weights + gradients +
 optimizer state per parameter, plus a rough lower bound on the activations of one micro-batch and its logits),
 `weights_bytes` (what loading for sampling needs), `machine_bytes` (RAM from sysconf, capped by a cgroup
 limit; a CUDA device's total memory) and the two checks the trainer, `bench` and `load_model` call right
@@ -14,15 +14,18 @@ need more. Does not own devices (the caller passes one) or models.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from .config import Config
 from .errors import ConfigError, UserError
-from .models import ModelConfig
+from .models import GPT, ModelConfig, build_model
+from .optim import muon_matrices
 
 ADAMW_STATE = 8  # exp_avg + exp_avg_sq, fp32
 MUON_STATE = 4  # momentum, fp32
@@ -30,38 +33,29 @@ ACTIVATIONS_PER_TOKEN_LAYER = 16  # x n_embd stored values: norms, q k v, attent
 _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
-def _norm_params(kind: str, dim: int, bias: bool) -> int:
-    if kind == "layernorm":
-        return dim * (2 if bias else 1)
-    return dim if kind == "rmsnorm" else 0
+def _on_meta(m: ModelConfig) -> tuple[nn.Module, int]:
+    """The model with one Transformer block, built on the meta device (shapes only: nothing is allocated,
+    whatever the size), and how many more times that block repeats in the real model."""
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(m, n_layer=1))
+    return model, (m.n_layer - 1 if isinstance(model, GPT) else 0)
+
+
+def _params_of(named: list[tuple[str, nn.Parameter]], repeats: int) -> int:
+    """Parameters of a one-block meta model scaled to the real depth (every block has the same shapes)."""
+    return sum(p.numel() * (1 + (repeats if n.startswith("h.") else 0)) for n, p in named)
 
 
 def count_params(m: ModelConfig) -> int:
-    """Parameters of the model a (resolved) `ModelConfig` describes, a tied head counted once (counted by
-    hand from the config, so nothing is built; tests/test_memory.py checks it against built models)."""
-    V, C, T = m.vocab_size, m.n_embd, m.block_size
-    if m.arch == "bigram":
-        return V * V
-    some, qkv = m.bias != "none", m.bias == "gpt2"  # gpt2: every Linear but the head; lecture: all but q, k, v
-    norm = _norm_params(m.norm, C, some)
-    attn = 3 * C * C + (3 * C if qkv else 0) + ((C * C + (C if some else 0)) if m.attn_proj else 0)
-    attn += 2 * (C // m.n_head) if m.qk_norm else 0
-    hidden = 4 * C if m.mlp_proj else C
-    mlp = C * hidden + (hidden if some else 0) + ((hidden * C + (C if some else 0)) if m.mlp_proj else 0)
-    block = norm + attn + ((mlp + norm) if m.mlp != "none" else 0)
-    embeddings = V * C + (T * C if m.pos_emb == "learned" else 0)
-    head = (0 if m.tie_weights else V * C) + (V if m.bias == "lecture" else 0)
-    return embeddings + m.n_layer * block + norm + head
+    """Parameters of the model a (resolved) `ModelConfig` describes, a tied head counted once."""
+    model, repeats = _on_meta(m)
+    return _params_of(list(model.named_parameters()), repeats)
 
 
-def _matrix_params_in_blocks(m: ModelConfig) -> int:
+def _muon_params(m: ModelConfig) -> int:
     """What Muon holds (the blocks' 2-D weights): one momentum each instead of AdamW's two moments."""
-    if m.arch == "bigram":
-        return 0
-    C = m.n_embd
-    hidden = 4 * C if m.mlp_proj else C
-    mlp = (C * hidden + (hidden * C if m.mlp_proj else 0)) if m.mlp != "none" else 0
-    return m.n_layer * (3 * C * C + (C * C if m.attn_proj else 0) + mlp)
+    model, repeats = _on_meta(m)
+    return _params_of(muon_matrices(list(model.named_parameters())), repeats)
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,7 @@ def train_bytes(cfg: Config, device_type: str = "cpu", world_size: int = 1) -> E
     the global batch is always split (each rank runs batch_size / world_size rows per micro-step)."""
     m, t = cfg.model, cfg.train
     n = count_params(m)
-    muon = _matrix_params_in_blocks(m) if t.optimizer == "muon" else 0
+    muon = _muon_params(m) if t.optimizer == "muon" else 0
     states = 4 * n + 4 * n + ADAMW_STATE * (n - muon) + MUON_STATE * muon  # fp32 weights, grads, moments
     if t.fsdp:
         states //= max(world_size, 1)

@@ -139,6 +139,11 @@ def build_muon(named: list[tuple[str, nn.Parameter]], t: TrainConfig, device: to
                 momentum=t.muon_momentum, ns_dtype=torch.bfloat16 if native else torch.float32)
 
 
+def muon_matrices(named: list[tuple[str, nn.Parameter]]) -> list[tuple[str, nn.Parameter]]:
+    """What Muon takes with train.optimizer = muon: the 2-D weights inside the Transformer blocks."""
+    return [(n, p) for n, p in named if n.startswith("h.") and p.dim() == 2]
+
+
 def configure_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer | OptimizerSet:
     """AdamW with weight decay on matrices (embeddings, linear weights) only; biases and norms are not decayed.
 
@@ -153,7 +158,7 @@ def configure_optimizer(model: nn.Module, t: TrainConfig, device: torch.device) 
             named.append((name, p))
     muon: list[tuple[str, nn.Parameter]] = []
     if t.optimizer == "muon":
-        muon = [(n, p) for n, p in named if n.startswith("h.") and p.dim() == 2]
+        muon = muon_matrices(named)
         muon_opt = build_muon(muon, t, device)
     rest = [p for n, p in named if all(p is not q for _, q in muon)]
     decay = [p for p in rest if p.dim() >= 2]

@@ -1,7 +1,9 @@
 """The GPT model: config, modules, initialisation, forward. Pure: no I/O, no printing, no devices.
 
 Owns `GPTConfig`, `CausalSelfAttention`, `MLP`, `Block` and `GPT`, written by hand because they are the
-point of the project. The defaults are nanoGPT's model (learned positions, pre-LayerNorm, 4x GELU MLP,
+point of the project, and the config's choices: each a Literal type (the one list of its values: the config
+refuses any other when it is made, and the recipe checks in `config.py` derive from it) with a table from
+value to the module or function it builds (`NORMS`, `ACTIVATIONS`, `BIAS_LAYERS`). The defaults are nanoGPT's model (learned positions, pre-LayerNorm, 4x GELU MLP,
 tied head, no biases); the lecture's final model is the same architecture with `mlp = "relu"`, an
 untied head and `bias = "lecture"`. Switches let the lecture's earlier steps (no MLP or a one-layer one,
 no residual, no norm, no attention output projection) and modern variants (rotary positions, RMSNorm,
@@ -11,15 +13,27 @@ Does not own sampling policy, the KV cache's storage (the engine passes a cache 
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Literal, Protocol, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-BIASES = ("none", "gpt2", "lecture")  # GPTConfig.bias
+from ..errors import closest
+
+# The choices of GPTConfig, declared once: a config holding anything else is refused when it is built, and the
+# recipe checks in config.py are derived from these types. The tables after the modules below map each to
+# the module or function it builds.
+Bias = Literal["none", "gpt2", "lecture"]
+PosEmb = Literal["learned", "rope", "none"]
+Norm = Literal["layernorm", "rmsnorm", "none"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "relu2", "none"]  # none: no MLP at all
+InitScheme = Literal["gpt2", "torch"]
+Attention = Literal["sdpa", "manual"]
 
 
 @dataclass(frozen=True)
@@ -35,27 +49,49 @@ class GPTConfig:
     # which layers carry a bias: none | gpt2 (every Linear and LayerNorm, but not the head) | lecture (the
     # video's pattern: none on key/query/value, one on the attention and MLP projections, the LayerNorms and
     # the head). true / false, as older config.json files hold, mean gpt2 / none.
-    bias: str = "none"
+    bias: Bias = "none"
     tie_weights: bool = True
-    pos_emb: str = "learned"  # learned | rope | none
-    norm: str = "layernorm"  # layernorm | rmsnorm | none
-    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's tanh approximation) | relu | relu2 | none
+    pos_emb: PosEmb = "learned"
+    norm: Norm = "layernorm"
+    mlp: Activation = "gelu"  # gelu_tanh: GPT-2's tanh approximation; relu2: squared ReLU
     mlp_proj: bool = True  # 4x expansion + output projection; off: one Linear(C, C), the lecture's first MLP
     residual: bool = True
     attn_proj: bool = True  # output projection after attention (the lecture adds it with residuals)
     qk_norm: bool = False
     rope_base: float = 10000.0
-    init_scheme: str = "gpt2"  # gpt2 (reset_parameters) | torch: PyTorch's defaults, as in the lecture's video
+    init_scheme: InitScheme = "gpt2"  # gpt2 (reset_parameters) | torch: PyTorch's defaults, as in the lecture's video
     init_std: float = 0.02
     # how attention is computed (the same function either way): sdpa, torch's fused scaled_dot_product_attention,
     # or manual, the lecture's softmax(Q K^T / sqrt(d)) V written out (slower; for reading and checking)
-    attention: str = "sdpa"
+    attention: Attention = "sdpa"
 
     def __post_init__(self) -> None:
         if isinstance(self.bias, bool):  # the switch was a bool before it was a choice
             object.__setattr__(self, "bias", "gpt2" if self.bias else "none")
-        if self.bias not in BIASES:
-            raise ValueError(f"GPTConfig.bias must be one of {', '.join(BIASES)}, got {self.bias!r}")
+        for name, allowed in self.choices().items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{type(self).__name__}.{name} must be one of {', '.join(allowed)}, got "
+                                 f"{value!r}{closest(str(value), allowed)}")
+
+    @classmethod
+    @functools.cache
+    def choices(cls) -> dict[str, tuple[str, ...]]:
+        """The allowed values of each choice field (its Literal type), by field name."""
+        hints = get_type_hints(cls)
+        return {f.name: get_args(hints[f.name]) for f in fields(cls) if get_origin(hints[f.name]) is Literal}
+
+    def has_bias(self, where: Literal["qkv", "proj", "norm", "head"]) -> bool:
+        """Whether the layers at `where` carry a bias under `bias` (qkv: key/query/value; proj: the attention and
+        MLP Linears after them; norm: the LayerNorms; head: the output layer)."""
+        return where in BIAS_LAYERS[self.bias]
+
+
+BIAS_LAYERS: dict[str, frozenset[str]] = {
+    "none": frozenset(),
+    "gpt2": frozenset({"qkv", "proj", "norm"}),
+    "lecture": frozenset({"proj", "norm", "head"}),
+}
 
 
 class KVCacheLike(Protocol):
@@ -79,12 +115,24 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
-def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
-    if kind == "layernorm":
-        return nn.LayerNorm(dim, bias=bias)
-    if kind == "rmsnorm":
-        return RMSNorm(dim)
-    return nn.Identity()
+NORMS: dict[str, Callable[[int, bool], nn.Module]] = {  # GPTConfig.norm -> (dim, bias) -> module
+    "layernorm": lambda dim, bias: nn.LayerNorm(dim, bias=bias),
+    "rmsnorm": lambda dim, bias: RMSNorm(dim),
+    "none": lambda dim, bias: nn.Identity(),
+}
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")  # GPT-2's "gelu_new": imported GPT-2 weights need it to match exactly
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # GPTConfig.mlp -> the non-linearity
+    "gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu, "relu2": relu2,
+}
 
 
 def rope_tables(head_dim: int, length: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,15 +158,15 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         # q, k, v for all heads at once; the lecture's key, query and value have no bias, GPT-2's do
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias == "gpt2")
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.has_bias("qkv"))
         # without it the heads' outputs go on concatenated, as in the lecture before residuals
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias != "none") if cfg.attn_proj else None
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_bias("proj")) if cfg.attn_proj else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
         self.manual = cfg.attention == "manual"
         self.attn_dropout = nn.Dropout(cfg.dropout)  # the manual path's dropout on attention weights
-        self.q_norm = make_norm("rmsnorm", self.head_dim, False) if cfg.qk_norm else None
-        self.k_norm = make_norm("rmsnorm", self.head_dim, False) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -169,22 +217,14 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         hidden = 4 * cfg.n_embd if cfg.mlp_proj else cfg.n_embd
-        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias != "none")
+        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias("proj"))
         # without it the MLP is the lecture's first feed-forward (its step 4): Linear(C, C) and the non-linearity
-        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias != "none") if cfg.mlp_proj else None
-        self.act = cfg.mlp
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias("proj")) if cfg.mlp_proj else None
+        self.act = ACTIVATIONS[cfg.mlp]
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)  # (B, T, 4C), or (B, T, C) without the projection
-        if self.act == "gelu":
-            h = F.gelu(h)
-        elif self.act == "gelu_tanh":  # GPT-2's "gelu_new": imported GPT-2 weights need it to match exactly
-            h = F.gelu(h, approximate="tanh")
-        elif self.act == "relu":
-            h = F.relu(h)
-        else:  # relu2: squared ReLU
-            h = F.relu(h).square()
+        h = self.act(self.c_fc(x))  # (B, T, 4C), or (B, T, C) without the projection
         if self.c_proj is not None:
             h = self.c_proj(h)  # (B, T, C)
         return self.dropout(h)
@@ -195,9 +235,10 @@ class Block(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = make_norm(cfg.norm, cfg.n_embd, cfg.bias != "none")
+        norm = NORMS[cfg.norm]
+        self.ln_1 = norm(cfg.n_embd, cfg.has_bias("norm"))
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = make_norm(cfg.norm, cfg.n_embd, cfg.bias != "none") if cfg.mlp != "none" else None
+        self.ln_2 = norm(cfg.n_embd, cfg.has_bias("norm")) if cfg.mlp != "none" else None
         self.mlp = MLP(cfg) if cfg.mlp != "none" else None
         self.residual = cfg.residual
 
@@ -223,12 +264,13 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.bias != "none")
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.bias == "lecture")  # GPT-2's head has none
+        self.ln_f = NORMS[cfg.norm](cfg.n_embd, cfg.has_bias("norm"))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.has_bias("head"))  # GPT-2's head has none
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads tokens in and writes them out
         if cfg.pos_emb == "rope":
-            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base, torch.device("cpu"))
+            # built where the weights are (the CPU; the meta device when memory.py counts parameters)
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base, self.wte.weight.device)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         if cfg.init_scheme == "gpt2":

@@ -1,8 +1,9 @@
 """The training loop, top to bottom: set up, then step, log, evaluate, save, until done.
 
-Owns `train` (the entry point: one process, or one rank under torchrun) and `TrainResult`. The parts it
-calls: `run.py` builds the run, `step.py` takes a step, `evaluate.py` measures, `checkpoints.py` writes
-and resumes, `stop.py` catches signals. Does not parse command-line flags (`cli.py` does).
+Owns `train` (the entry point: one process, or one rank under torchrun), `TrainResult` and the decisions:
+when to log, evaluate, save and stop, and which weights are the best. The parts it calls: `run.py` builds
+the set-up, `step.py` takes a step, `evaluate.py` measures, `writer.py` writes the run directory and
+resumes, `stop.py` catches signals. Does not parse command-line flags (`cli.py` does).
 """
 
 from __future__ import annotations
@@ -14,20 +15,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .. import distributed as D
 from .. import runtime
 from ..config import Config, default_run_dir
-from ..console import echo
+from ..console import echo, progress_bar
 from ..errors import Interrupted, UserError
 from ..flops import flops_per_token, matmul_params, mfu
 from ..optim import lr_at, set_lr
-from . import checkpoints, ownership
-from .checkpoints import MetricsLog
-from .run import TrainingRun, build_run, parallelize
+from . import ownership, writer
+from .clock import Clock
+from .run import Progress, Setup, build_setup, parallelize
 from .step import Batches, train_step
 from .stop import StopSignals
+from .writer import RunWriter
 
 
 @dataclass
@@ -70,102 +70,105 @@ def train(cfg: Config, out_dir: str | Path | None = None, resume: str | Path | N
         dist = D.setup(dist, rt.device.type, t.dist_timeout)
         try:
             with D.collective_errors(dist, t.dist_timeout):
-                run = build_run(cfg, rt, dist, run_dir, pretrained=resume is None)
-                if resume:
-                    checkpoints.restore(run, resume)
-                checkpoints.start_run_dir(run, in_place, replaces)
+                setup = build_setup(cfg, rt, dist, run_dir, pretrained=resume is None)
+                start = writer.restore(setup, resume) if resume else Progress()
+                setup = parallelize(setup, resumed=resume is not None)
+                out = RunWriter.start(run_dir, setup, start.step, in_place, replaces)
                 try:
-                    parallelize(run, resumed=resume is not None)
-                    return _loop(run, launch, progress, stop)
+                    return _loop(setup, start, out, launch, progress, stop)
                 finally:
-                    checkpoints.drop_staging(run)  # stopped before a replacing run's first checkpoint
+                    out.close()  # stopped before a replacing run's first checkpoint: the old run stays
         finally:
             D.teardown(dist)
 
 
-def _loop(run: TrainingRun, launch: float, progress: bool, stop: StopSignals) -> TrainResult:
-    t, dist = run.cfg.train, run.dist
-    log = MetricsLog(run)
-    speed = _Speedometer(run)
-    batches = Batches(run.loader)
+def _loop(setup: Setup, progress: Progress, out: RunWriter, launch: float, show_progress: bool,
+          stop: StopSignals) -> TrainResult:
+    t, dist = setup.cfg.train, setup.dist
+    clock = Clock(launch, dist, setup.rt.device, shared=t.time_limit > 0)  # rank 0's clock on every rank
+    speed = _Speedometer(setup, progress.step)
+    batches = Batches(setup.loader)
     stopped, last_eval = "done", {}
-    if t.eval_at_start and run.step == 0:
-        _evaluate(run, log, lr_at(0, t), launch)  # the untrained model's loss: about ln(vocab) when the init is right
-    bar = tqdm(total=t.max_iters, initial=run.step, disable=not (progress and dist.is_main), unit="step",
-               dynamic_ncols=True)
-    while run.step < t.max_iters:
-        time_frac = (time.time() - launch) / t.time_limit if t.schedule_by_time else None
-        lr = set_lr(run.optimizer, run.step, t, time_frac)
-        loss = train_step(run.model, run.forward, run.optimizer, batches, t, run.rt, run.grad_sync)
-        run.step += 1
-        log_step = run.step % t.log_interval == 0 or run.step == t.max_iters
-        out_of_time = t.time_limit > 0 and time.time() - launch >= t.time_limit
-        signum = stop.requested
-        if dist.enabled:  # every rank must take the same branch; agree at log steps only (a sync)
-            out_of_time, signum = _agree(run, log_step, out_of_time, signum)
-        last = run.step == t.max_iters or out_of_time or signum is not None
+    if t.eval_at_start and progress.step == 0:
+        _evaluate(setup, progress, out, lr_at(0, t), clock)  # the untrained model's loss: about ln(vocab)
+    bar = progress_bar(t.max_iters, desc="train", unit="step", initial=progress.step,
+                       enabled=show_progress and dist.is_main)  # in a log: one line per log step
+    while progress.step < t.max_iters:
+        lr = set_lr(setup.optimizer, progress.step, t, clock.now() / t.time_limit if t.schedule_by_time else None)
+        loss = train_step(setup.model, setup.forward, setup.optimizer, batches, t, setup.rt, setup.grad_sync)
+        progress.step += 1
+        log_step = progress.step % t.log_interval == 0 or progress.step == t.max_iters
+        clock.tick(log_step)
+        out_of_time = t.time_limit > 0 and clock.now() >= t.time_limit
+        signum = _agree(setup, log_step, stop.requested)
+        last = progress.step == t.max_iters or out_of_time or signum is not None
         if log_step or last:
-            lossf = D.mean_float(dist, loss.item(), run.rt.device)
-            _check_finite(lossf, "training loss", run)
-            row = {"kind": "train", "step": run.step, "loss": lossf, "lr": lr, **speed.measure(run.step),
-                   "elapsed": round(time.time() - launch, 3)}
-            log.write(row)
+            lossf = D.mean_float(dist, loss.item(), setup.rt.device)
+            _check_finite(lossf, "training loss", progress, out)
+            row = {"kind": "train", "step": progress.step, "loss": lossf, "lr": lr, **speed.measure(progress.step),
+                   "elapsed": round(clock.local(), 3)}
+            out.log(row)
             bar.set_postfix(speed.postfix(row), refresh=False)
         bar.update(1)
         if signum is not None:
-            checkpoints.save(run, None, batches.state(), launch)
+            out.save(progress, batches.state(), clock.local())
             bar.close()
             why = signal.Signals(signum).name if stop.requested else "a signal to another rank"
-            raise Interrupted(f"stopped by {why} at step {run.step}; checkpoint saved in '{run.run_dir}' "
-                              f"(continue with `scratchgpt train --resume {run.run_dir}`)", signum)
-        if run.step % t.eval_interval == 0 or last:
-            last_eval = _evaluate(run, log, lr, launch)
-            checkpoints.save(run, last_eval, batches.state(), launch)
+            raise Interrupted(f"stopped by {why} at step {progress.step}; checkpoint saved in '{out.run_dir}' "
+                              f"(continue with `scratchgpt train --resume {out.run_dir}`)", signum)
+        if progress.step % t.eval_interval == 0 or last:
+            last_eval = _evaluate(setup, progress, out, lr, clock)
+            best = last_eval["val"] < progress.best_val  # the loop decides; the writer writes what it is told
+            if best:
+                progress.best_val = last_eval["val"]
+            out.save(progress, batches.state(), clock.local(), last_eval, best=best)
             if t.stop_val_loss > 0 and last_eval["val"] <= t.stop_val_loss:
                 stopped = "target"
-                echo(f"val loss {last_eval['val']:.4f} <= {t.stop_val_loss:g} at step {run.step}, "
-                     f"{time.time() - launch:.1f} s after launch")
+                echo(f"val loss {last_eval['val']:.4f} <= {t.stop_val_loss:g} at step {progress.step}, "
+                     f"{clock.local():.1f} s after launch")
                 break
         if out_of_time:
             stopped = "time_limit"
-            echo(f"time limit of {t.time_limit:g} s reached at step {run.step}")
+            echo(f"time limit of {t.time_limit:g} s reached at step {progress.step}")
             break
     bar.close()
-    return TrainResult(run.run_dir, run.step, run.best_val, last_eval, time.time() - launch, stopped)
+    return TrainResult(out.run_dir, progress.step, progress.best_val, last_eval, clock.local(), stopped)
 
 
-def _evaluate(run: TrainingRun, log: MetricsLog, lr: float, launch: float) -> dict[str, float]:
-    losses = run.evaluator(run.model)
+def _evaluate(setup: Setup, progress: Progress, out: RunWriter, lr: float, clock: Clock) -> dict[str, float]:
+    losses = setup.evaluator(setup.model)
     for split, value in losses.items():
-        _check_finite(value, f"{split} loss", run)
-    log.write({"kind": "eval", "step": run.step, "train_loss": losses["train"], "val_loss": losses["val"],
-               "lr": lr, "elapsed": round(time.time() - launch, 3)})
-    echo(f"step {run.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        _check_finite(value, f"{split} loss", progress, out)
+    out.log({"kind": "eval", "step": progress.step, "train_loss": losses["train"], "val_loss": losses["val"],
+             "lr": lr, "elapsed": round(clock.local(), 3)})
+    echo(f"step {progress.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     return losses
 
 
-def _agree(run: TrainingRun, log_step: bool, out_of_time: bool, signum: int | None) -> tuple[bool, int | None]:
-    """The same stop decision on every rank: any rank's time limit or signal, compared at log steps only."""
+def _agree(setup: Setup, log_step: bool, signum: int | None) -> int | None:
+    """A signal to any rank stops every rank at the same step: compared at log steps only (a sync)."""
+    if not setup.dist.enabled:
+        return signum
     if not log_step:
-        return False, None
-    out_of_time, stopping = D.any_flags(run.dist, [out_of_time, signum is not None], run.rt.device)
-    return out_of_time, (signum or signal.SIGTERM) if stopping else None
+        return None
+    (stopping,) = D.any_flags(setup.dist, [signum is not None], setup.rt.device)
+    return (signum or signal.SIGTERM) if stopping else None
 
 
-def _check_finite(value: float, what: str, run: TrainingRun) -> None:
+def _check_finite(value: float, what: str, progress: Progress, out: RunWriter) -> None:
     if not math.isfinite(value):
-        raise UserError(f"{what} became {value} at step {run.step}; training stopped and the last good checkpoint "
-                        f"in '{run.run_dir}' is kept (try a lower train.learning_rate)")
+        raise UserError(f"{what} became {value} at step {progress.step}; training stopped and the last good "
+                        f"checkpoint in '{out.run_dir}' is kept (try a lower train.learning_rate)")
 
 
 class _Speedometer:
     """Tokens per second since the last log step, and MFU per device when train.peak_flops is given."""
 
-    def __init__(self, run: TrainingRun):
-        self.tokens_per_step, self.world = run.tokens_per_step, run.dist.world_size
-        self.peak = run.cfg.train.peak_flops
-        self.flops_per_token = flops_per_token(run.cfg.model, matmul_params(run.model))
-        self.tick, self.tick_step = time.time(), run.step
+    def __init__(self, setup: Setup, step: int):
+        self.tokens_per_step, self.world = setup.tokens_per_step, setup.dist.world_size
+        self.peak = setup.cfg.train.peak_flops
+        self.flops_per_token = flops_per_token(setup.cfg.model, matmul_params(setup.model))
+        self.tick, self.tick_step = time.time(), step
 
     def measure(self, step: int) -> dict[str, float]:
         now = time.time()

@@ -4,7 +4,7 @@ Owns `check_target` (a new run never writes into another run's directory unless 
 `check_resume` (`--resume` keeps the run's tokenizer and model: it refuses, naming the key and both values,
 a data directory prepared with another tokenizer or a change to any key that decides the weights or the
 optimizer state). Does not write anything but leftovers of dead processes (`fileio.clean_stale`); writing
-the run directory is `checkpoints.py`'s.
+the run directory is `writer.py`'s.
 
 A directory holds a run when it has a `config.json`. A run's first checkpoint writes its `config.json` last,
 after its weights and trainer state, so a directory without one holds no run: at most what a run killed

@@ -1,9 +1,10 @@
-"""Building a training run: config -> model, optimizer, loaders, evaluator and state, on one process or many.
+"""Building a training run: config -> model, optimizer, loaders and evaluator, on one process or many.
 
-Owns `TrainingRun` (everything the loop needs, in one place), `build_run` (the data's tokenizer, a
-pretrained start (`model.init_from`), the model, optimizer, loader and evaluator) and `parallelize` (DDP,
-or FSDP's shards, on many processes; then `torch.compile`). Does not own resuming or the run directory
-(`checkpoints.py`), the loop (`loop.py`), a step (`step.py`) or the file format (`checkpoint.py`).
+Owns `Setup` (what a step computes with: fixed once built), `Progress` (how far the run got: the loop
+advances it, a checkpoint records it), `build_setup` (the data's tokenizer, a pretrained start
+(`model.init_from`), the model, optimizer, loader and evaluator) and `parallelize` (DDP, or FSDP's shards,
+on many processes; then `torch.compile`). Does not own resuming or the run directory (`writer.py`), the loop
+(`loop.py`), a step (`step.py`) or the file format (`checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,14 +36,13 @@ from .evaluate import Evaluator
 from .step import no_grad_sync
 
 
-@dataclass
-class TrainingRun:
-    """A run ready to train: what it computes, where, with what, and how far it got."""
+@dataclass(frozen=True)
+class Setup:
+    """A run ready to train: what it computes, where and with what. `parallelize` returns a wrapped copy."""
 
     cfg: Config  # resolved: model.vocab_size filled in, an imported shape applied
     rt: Runtime
     dist: D.DistContext
-    run_dir: Path
     tokenizer: Tokenizer
     model: nn.Module  # the plain module: evaluation, clipping and checkpoints use it
     forward: nn.Module  # what a step calls: the model, DDP-wrapped or sharded, possibly compiled
@@ -50,18 +50,7 @@ class TrainingRun:
     loader: BatchLoader
     evaluator: Evaluator
     grad_sync: Callable[[bool], contextlib.AbstractContextManager] = no_grad_sync
-    step: int = 0
-    best_val: float = math.inf
-    # until the first checkpoint of a run that replaces another (`train --force`), rank 0 writes into a staging
-    # directory beside run_dir, which that checkpoint swaps in whole (`checkpoints.py`)
-    staging: Path | None = None
-    header_pending: bool = True  # config.json and tokenizer.json are written with the first checkpoint
     n_params: int = 0  # recorded in config.json (counted before FSDP shards the model)
-
-    @property
-    def write_dir(self) -> Path:
-        """Where the run's files go now: the staging directory, or run_dir."""
-        return self.staging or self.run_dir
 
     @property
     def tokens_per_step(self) -> int:
@@ -70,7 +59,18 @@ class TrainingRun:
         return t.batch_size * self.cfg.model.block_size * t.grad_accum_steps
 
 
-def build_run(cfg: Config, rt: Runtime, dist: D.DistContext, run_dir: Path, pretrained: bool = True) -> TrainingRun:
+@dataclass
+class Progress:
+    """How far a run got: advanced by the loop alone, recorded by each checkpoint, read back by a resume."""
+
+    step: int = 0
+    best_val: float = math.inf  # the lowest val loss evaluated so far (the loop decides what is best)
+
+    def tokens(self, setup: Setup) -> int:
+        return self.step * setup.tokens_per_step
+
+
+def build_setup(cfg: Config, rt: Runtime, dist: D.DistContext, run_dir: Path, pretrained: bool = True) -> Setup:
     """A run at step 0: the model freshly initialised (or from `model.init_from` when `pretrained`; a resumed
     run passes False, since its own weights replace these), the optimizer, the loader and the evaluator."""
     t = cfg.train
@@ -96,8 +96,8 @@ def build_run(cfg: Config, rt: Runtime, dist: D.DistContext, run_dir: Path, pret
         torch.manual_seed(D.rank_seed(t.seed, dist.rank, 0))  # its own dropout masks
     block, shard = cfg.model.block_size, (dist.rank, dist.world_size)
     # under FSDP every forward is a collective, so every rank evaluates whole batches (no uneven shards)
-    run = TrainingRun(
-        cfg, rt, dist, run_dir, tokenizer, model, model, configure_optimizer(model, t, rt.device),
+    setup = Setup(
+        cfg, rt, dist, tokenizer, model, model, configure_optimizer(model, t, rt.device),
         loader(cfg.data.dir, "train", block, t.batch_size, rt.device, t.seed, shard),
         Evaluator(cfg.data.dir, block, t.eval_batch_size or t.batch_size, t.eval_iters, rt, t.seed, t.full_val,
                   None if t.fsdp else dist, loader),
@@ -106,37 +106,38 @@ def build_run(cfg: Config, rt: Runtime, dist: D.DistContext, run_dir: Path, pret
     echo(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters (position embeddings excluded); "
          f"device {rt.device.type}" + (f" x {dist.world_size} processes" if dist.enabled else "") +
          f"; run directory {run_dir}")
-    return run
+    return setup
 
 
-def parallelize(run: TrainingRun, resumed: bool) -> None:
+def parallelize(setup: Setup, resumed: bool) -> Setup:
     """Shard the model (FSDP) or wrap it in DDP when there are many processes (one process is left as is),
     then compile what a step calls if asked. Comes after resuming: FSDP shards the restored weights."""
-    t, model = run.cfg.train, run.model
+    t, model, device = setup.cfg.train, setup.model, setup.rt.device
+    forward, optimizer, grad_sync = model, setup.optimizer, setup.grad_sync
     if t.fsdp:  # shard the (possibly resumed) weights, then rebuild the optimizer over the shards
         from .. import fsdp  # torch.distributed.checkpoint takes seconds to import: only when asked for
 
         names = fsdp.param_names(model)
-        plain_params = [p for g in run.optimizer.param_groups for p in g["params"]]
-        plain_state = run.optimizer.state_dict() if resumed else None
+        plain_params = [p for g in optimizer.param_groups for p in g["params"]]
+        plain_state = optimizer.state_dict() if resumed else None
         fsdp.shard_model(model)
-        run.optimizer = configure_optimizer(model, t, run.rt.device)
+        optimizer = configure_optimizer(model, t, device)
         if plain_state is not None:
-            fsdp.load_optimizer_state(model, run.optimizer, plain_state, plain_params, names)
+            fsdp.load_optimizer_state(model, optimizer, plain_state, plain_params, names)
 
-        def fsdp_sync(last: bool) -> contextlib.AbstractContextManager:
+        def grad_sync(last: bool) -> contextlib.AbstractContextManager:
             model.set_requires_gradient_sync(last)  # FSDP's own switch for the reduce-scatter of gradients
             return contextlib.nullcontext()
 
-        run.grad_sync = fsdp_sync
-    elif run.dist.enabled:
+    elif setup.dist.enabled:
         # the only buffers are constant rope tables: skip the per-step broadcast (newer torch renamed the flag)
         flag = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                 else "broadcast_buffers")
-        device = run.rt.device
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       **{flag: False})
-        run.forward = ddp
-        # DDP all-reduces gradients in backward; only the last micro-step needs it
-        run.grad_sync = lambda last: contextlib.nullcontext() if last else ddp.no_sync()
-    run.forward = run.rt.compiled(run.forward)
+        forward = ddp
+
+        def grad_sync(last: bool) -> contextlib.AbstractContextManager:
+            return contextlib.nullcontext() if last else ddp.no_sync()  # DDP all-reduces on the last micro-step only
+
+    return replace(setup, forward=setup.rt.compiled(forward), optimizer=optimizer, grad_sync=grad_sync)

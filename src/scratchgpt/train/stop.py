@@ -3,7 +3,7 @@
 Owns `StopSignals`: while inside it (all of `train`, set-up included), the first of these signals asks the
 loop to save a checkpoint and stop after the current step; a second one stops at once (`StopNow`, a
 `KeyboardInterrupt`: it unwinds through every `finally`, so no temp file or staging directory is left).
-Does not own saving (`checkpoints.py`) or the exit status (`errors.Interrupted` carries 128 + the signal's
+Does not own saving (`writer.py`) or the exit status (`errors.Interrupted` carries 128 + the signal's
 number; the CLI gives `StopNow` the same).
 """
 
