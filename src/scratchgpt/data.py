@@ -6,9 +6,10 @@ by one; pinned and non-blocking on CUDA). A split is one `{split}.bin`, or, when
 (written by `corpus.prepare_corpus`), several files read as if laid end to end. Does not know models or
 training.
 
-A prepared directory is written whole or not at all: `prepare_text` builds it in a staging directory beside
-the target and swaps it in (`fileio.atomic_dir`), carrying over files that are not its outputs (such as a
-downloaded input.txt), so an interrupted re-prepare leaves the old data complete. Loading checks the files
+A prepared directory is written whole or not at all, and only where `outputs.claim` allows (a new or empty
+directory, or prepared data): `prepare_text` builds it in a staging directory beside the target and swaps it
+in (`Claim.stage`), carrying over files that are not its outputs (such as a downloaded input.txt), so an
+interrupted re-prepare leaves the old data complete. Loading checks the files
 against `meta.json` (each file's size against its token count and dtype, the dtype against the vocabulary,
 the vocabulary against the tokenizer JSON where that is cheap) and calls a damaged directory one sentence.
 """
@@ -26,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import outputs
 from .distributed import shard_bounds
 from .errors import DataError
-from .fileio import atomic_dir, atomic_path, read_utf8, sha256_file
+from .fileio import atomic_path, read_utf8, sha256_file
 from .tokenizers import Tokenizer, build_tokenizer
 
 META_FORMAT = 1
@@ -48,16 +50,19 @@ def prepare_text(
     val_fraction: float = 0.1,
     block_size: int = 8,
     vocab_size: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Tokenize one UTF-8 file into out_dir (first 1 - val_fraction for train, the rest for val).
 
     tokenizer: char | word | bpe | spm (learned from this text; vocab_size caps word, sets bpe and spm),
     gpt2, a directory holding tokenizer.json, or a tokenizer object.
-    Every check runs before anything is written, and out_dir is replaced in one step, so a failure or a
-    kill leaves out_dir as it was.
+    out_dir must be new, empty or prepared data (`outputs.claim`; chat data only with `force`). Every check
+    runs before anything is written, and out_dir is replaced in one step, so a failure or a kill leaves
+    out_dir as it was.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val fraction must be between 0 and 1, got {val_fraction}")
+    out = outputs.claim(out_dir, outputs.DATA, "prepare text", force=force, variant="text", inputs=[input_path])
     text = read_utf8(input_path)
     tok = build_tokenizer(tokenizer, text, vocab_size) if isinstance(tokenizer, str) else tokenizer
     ids = tok.encode_array(text) if hasattr(tok, "encode_array") else np.asarray(tok.encode(text), dtype=np.int64)
@@ -69,8 +74,6 @@ def prepare_text(
                 f"input file '{input_path}' is too short: its {name} split has {len(part)} tokens, fewer than "
                 f"one block of {block_size} + 1 (use a longer file or pass a smaller --block-size)"
             )
-    from .corpus import is_prepared_output
-
     dtype = np.dtype(np.uint16) if tok.vocab_size <= 65536 else np.dtype(np.uint32)
     meta = {
         "format": META_FORMAT,
@@ -82,7 +85,7 @@ def prepare_text(
         "source": str(Path(input_path).resolve()),
         "source_sha256": sha256_file(input_path),
     }
-    with atomic_dir(out_dir, carry=lambda name: not is_prepared_output(name)) as stage:
+    with out.stage() as stage:
         for name, part in splits.items():
             _write_ids(stage / f"{name}.bin", part, dtype)
         (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -104,15 +107,16 @@ def fetch_shakespeare(dest: Path) -> Path:
     return dest
 
 
-def prepare_shakespeare_char(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char") -> dict[str, Any]:
-    """Prepare tiny Shakespeare at character level: from --input, else $SCRATCHGPT_TINYSHAKESPEARE, else the web."""
+def prepare_shakespeare_char(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char",
+                             force: bool = False) -> dict[str, Any]:
+    """Prepare tiny Shakespeare at character level: from --input, else $SCRATCHGPT_TINYSHAKESPEARE, else the web
+    (downloaded into out_dir/input.txt, once out_dir is known to be one prepare may write)."""
     out = Path(out_dir)
-    src = input_path or os.environ.get(SHAKESPEARE_ENV)
-    if not src:
-        src = out / "input.txt"
-        if not src.is_file():
-            fetch_shakespeare(src)
-    return prepare_text(src, out, tokenizer="char")
+    src = input_path or os.environ.get(SHAKESPEARE_ENV) or out / "input.txt"
+    outputs.claim(out, outputs.DATA, "prepare shakespeare_char", force=force, variant="text", inputs=[src])
+    if not Path(src).is_file() and Path(src) == out / "input.txt":
+        fetch_shakespeare(Path(src))
+    return prepare_text(src, out, tokenizer="char", force=force)
 
 
 def load_meta(data_dir: str | Path) -> dict[str, Any]:
