@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +30,10 @@ import scratchgpt
 from scratchgpt import chat
 from scratchgpt.checkpoint import init_from_run, read_config, read_tokenizer
 from scratchgpt.config import Config, DataConfig
+from scratchgpt.errors import UserError
 from scratchgpt.generate import Engine
 from scratchgpt.models import build_model
+from scratchgpt.outputs import Kind, claim
 
 NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
 
@@ -40,25 +43,33 @@ def questions(word: str) -> list[tuple[str, str]]:
             (f"how many letters in {word}?", NUMBERS[len(word)])]
 
 
+# what `data --out` writes: a new or empty directory, or one holding these two files (replaced whole, other
+# files kept), never anything else (scratchgpt.outputs' rule)
+DEMO_FILES = ("train.jsonl", "heldout.jsonl")
+CONVERSATIONS = Kind("the chat demo's conversations", lambda d: all((d / f).is_file() for f in DEMO_FILES),
+                     lambda name: name in DEMO_FILES)
+
+
 def make_data(corpus: Path, out: Path, seed: int, train_size: int, heldout_words: int) -> None:
+    target = claim(out, CONVERSATIONS, "chat_demo.py data", inputs=[corpus])
     text = corpus.read_text(encoding="utf-8")
     words = sorted({w for w in re.findall(r"[a-z]+", text) if 3 <= len(w) <= 8})
     rng = random.Random(seed)
     rng.shuffle(words)
     held, train = words[:heldout_words], words[heldout_words:]
-    out.mkdir(parents=True, exist_ok=True)
 
     def conversation(q: str, a: str) -> str:
         return json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
 
-    with open(out / "train.jsonl", "w", encoding="utf-8") as f:
-        for _ in range(train_size):
-            q, a = rng.choice(questions(rng.choice(train)))
-            f.write(conversation(q, a) + "\n")
-    with open(out / "heldout.jsonl", "w", encoding="utf-8") as f:
-        for w in held:
-            for q, a in questions(w):
+    with target.stage() as stage:
+        with open(stage / "train.jsonl", "w", encoding="utf-8") as f:
+            for _ in range(train_size):
+                q, a = rng.choice(questions(rng.choice(train)))
                 f.write(conversation(q, a) + "\n")
+        with open(stage / "heldout.jsonl", "w", encoding="utf-8") as f:
+            for w in held:
+                for q, a in questions(w):
+                    f.write(conversation(q, a) + "\n")
     print(f"wrote {out}: {train_size} training conversations about {len(train)} words, "
           f"{3 * len(held)} held-out questions about {len(held)} other words")
 
@@ -106,10 +117,14 @@ def main() -> None:
     s.add_argument("--chat", type=Path, required=True)
     s.add_argument("--questions", type=Path, required=True)
     args = ap.parse_args()
-    if args.cmd == "data":
-        make_data(args.corpus, args.out, args.seed, args.train_size, args.heldout_words)
-    else:
-        score(args.base, args.chat, args.questions)
+    try:
+        if args.cmd == "data":
+            make_data(args.corpus, args.out, args.seed, args.train_size, args.heldout_words)
+        else:
+            score(args.base, args.chat, args.questions)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors (+ tokenizer)")
     pe.add_argument("--out", required=True, help="directory to write (written whole or not at all)")
     pe.add_argument("--which", choices=["best", "last"], default="best", help="which weights to export")
-    pe.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    pe.add_argument("--force", action="store_true", help="replace an export already in --out (nothing else)")
 
     pl = sub.add_parser("lecture", help="replay the lecture: train its seven steps (bigram to the scaled GPT), "
                                         "write docs/lecture/results.md and progression.png; resumable")
@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("import-hf", help="write a run directory from GPT-2 weights (a hub name or a local directory)")
     pi.add_argument("source", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 directory")
     pi.add_argument("--out", help="run directory (default runs/<source name>)")
-    pi.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    pi.add_argument("--force", action="store_true", help="replace a run already in --out (nothing else)")
     return p
 
 

@@ -8,6 +8,9 @@ model's switches (`models/gpt.py`) or the recipes' contents.
 
     runs/lecture/<budget>/<step>/   a run directory per step, plus `lecture.json`: the finished marker,
                                     holding the step's measured numbers and its 200-character sample
+
+`--runs` must be new, empty or the lecture's (`outputs.claim`: directories of step directories); a stale
+step's run is replaced as `train --force` replaces one, never anything that is not a run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .data import load_meta
 from .errors import UserError
 from .fileio import atomic_write_json, atomic_write_text
 from .generate import generate
+from .outputs import LECTURE, claim
 from .plots import pyplot, save_figure
 from .runtime import resolve_device, set_threads
 from .train import train
@@ -161,12 +165,13 @@ def _trained_step(run_dir: Path) -> int:
 
 
 def _finished(run_dir: Path, identity: dict[str, Any], max_iters: int) -> dict[str, Any] | None:
-    """The step's marker if it finished with this very config, else None."""
+    """The step's marker if it finished with this very config (the marker's and the run's), else None."""
     try:
         marker = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not same_run(marker.get("config"), identity) or _trained_step(run_dir) < max_iters:
+    if (not isinstance(marker, dict) or not same_run(marker.get("config"), identity)
+            or not same_run(_run_identity(run_dir), identity) or _trained_step(run_dir) < max_iters):
         return None
     return marker
 
@@ -188,9 +193,9 @@ def machine_description(device: torch.device) -> str:
 
 def _train_step(step: Step, cfg: Config, run_dir: Path, identity: dict[str, Any], device: torch.device,
                 progress: bool) -> dict[str, Any]:
-    """Train (or resume) one step, sample from it, and write its marker."""
+    """Train (or resume) one step, sample from it, and write its marker (a stale one stays until then: `_finished`
+    checks the run's own config too)."""
     marker = run_dir / MARKER
-    marker.unlink(missing_ok=True)
     resume = run_dir if same_run(_run_identity(run_dir), identity) and 0 <= _trained_step(run_dir) else None
     prior = 0.0
     if resume is not None:
@@ -220,6 +225,7 @@ def run_lecture(budget: str = "cpu", device: str = "auto", data_dir: str | Path 
     """Train every step not yet done, in the lecture's order, then write results.md and progression.png."""
     if budget not in BUDGETS:
         raise UserError(f"budget must be one of {', '.join(PUBLIC_BUDGETS)}, got {budget!r}")
+    claim(runs_dir, LECTURE, "lecture", flag="--runs")  # each step's run then goes through train's own claim
     start = time.time()
     recipes = recipes_dir()
     dev = resolve_device(device)

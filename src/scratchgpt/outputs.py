@@ -90,15 +90,15 @@ def _data_format(d: Path) -> str | None:
     return fmt if isinstance(fmt, str) else None
 
 
-def _entries(d: Path) -> list[Path]:
+def entries(d: Path) -> list[Path]:
     """A directory's entries, without what killed writers left (their names follow fileio's pattern)."""
     return sorted(p for p in d.iterdir() if not _LEFTOVER.fullmatch(p.name))
 
 
 def _lecture_runs(d: Path) -> bool:
-    entries = _entries(d)
-    return bool(entries) and all(p.is_dir() and not p.is_symlink() and all(q.is_dir() for q in _entries(p))
-                                 for p in entries)
+    found = entries(d)
+    return bool(found) and all(p.is_dir() and not p.is_symlink() and all(q.is_dir() for q in entries(p))
+                               for p in found)
 
 
 # Files a training run writes into its directory (everything else there is the user's and is kept).
@@ -121,7 +121,7 @@ LECTURE = Kind("the lecture's runs (<budget>/<step>/)", _lecture_runs, lambda na
 KINDS = (RUN, EXPORT, DATA, TOKENIZER, LECTURE)  # in the order a refusal names what a directory holds
 
 
-def describe(d: Path, entries: list[Path] | None = None) -> str:
+def describe(d: Path, found: list[Path] | None = None) -> str:
     """What a directory holds, in a few words: "a run (config.json)", "other files ('notes.txt', 'a.csv')"."""
     if _is_run(d):
         return "a run (config.json)"
@@ -134,7 +134,7 @@ def describe(d: Path, entries: list[Path] | None = None) -> str:
         return "a tokenizer (tokenizer.json)"
     if LECTURE.marker(d):
         return LECTURE.name
-    names = [p.name for p in (entries if entries is not None else _entries(d))]
+    names = [p.name for p in (found if found is not None else entries(d))]
     shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return f"files it did not write ({shown})"
 
@@ -173,7 +173,7 @@ def claim(target: str | Path, kind: Kind, command: str, *, force: bool = False, 
     if not t.is_dir():
         raise UserError(f"'{t}' exists and is not a directory; choose another {flag}")
     mine = [Path(i).resolve() for i in inputs]
-    entries = [p for p in _entries(t) if not _inside(p.resolve(), mine)]
+    found = [p for p in entries(t) if not _inside(p.resolve(), mine)]
     if kind.marker(t):
         if kind.needs_force and not force:
             raise UserError(held or f"'{t}' already holds {kind.name}; pass --force to replace it (the files in it "
@@ -183,9 +183,9 @@ def claim(target: str | Path, kind: Kind, command: str, *, force: bool = False, 
             raise UserError(f"'{t}' holds prepared {was} data, and `{command}` would turn it into {variant} data; "
                             f"pass --force to replace it, or choose another {flag}")
         return Claim(t, kind, replaces=True)
-    if not entries or (kind.leftovers and all(kind.is_output(p.name) for p in entries)):
+    if not found or (kind.leftovers and all(kind.is_output(p.name) for p in found)):
         return Claim(t, kind, replaces=False)
-    raise UserError(f"'{t}' holds {describe(t, entries)}; `{command}` writes only into a new or empty directory or "
+    raise UserError(f"'{t}' holds {describe(t, found)}; `{command}` writes only into a new or empty directory or "
                     f"one holding {kind.name}, and replaces nothing else: choose another {flag}")
 
 
@@ -194,4 +194,4 @@ def _inside(p: Path, dirs: list[Path]) -> bool:
 
 
 __all__ = ["Claim", "DATA", "EXPORT", "EXPORT_FILES", "KINDS", "Kind", "LECTURE", "RUN", "RUN_FILES", "TOKENIZER",
-           "claim", "describe"]
+           "claim", "describe", "entries"]

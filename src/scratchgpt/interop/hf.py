@@ -30,9 +30,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import checkpoint as ckpt
+from .. import outputs
 from ..config import Config, ConfigError, DataConfig, ModelConfig
 from ..errors import CheckpointError, UserError
-from ..fileio import atomic_dir
 from ..models import build_model
 from ..models.gpt import GPT
 from ..tokenizers import Tokenizer
@@ -262,27 +262,25 @@ def apply_init_from(cfg: Config, data_tokenizer: Tokenizer) -> tuple[Config, dic
     return replace(cfg, model=model_cfg), state
 
 
-def _check_out(out: Path, force: bool, keep: Path | None = None) -> None:
-    """Refuse an existing non-empty output (unless force) and one that is, or holds, what we read from."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"'{out}' exists and is not a directory")
+def _check_out(out: Path, kind: outputs.Kind, command: str, force: bool, keep: Path | None = None) -> outputs.Claim:
+    """Where `command` may write (`outputs.claim`: new, empty, or its own kind with --force), and never over
+    the directory it reads from."""
     if keep is not None:
         o, k = out.resolve(), keep.resolve()
         if o == k or o in k.parents:
             raise UserError(f"--out '{out}' would replace the directory being read ('{keep}'); choose another")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"'{out}' exists and is not empty; pass --force to replace it")
+    return outputs.claim(out, kind, command, force=force)
 
 
 def import_hf(source: str, out: str | Path, force: bool = False) -> tuple[Path, Tokenizer | None]:
     """Write a run directory (config.json, tokenizer.json when known, model.safetensors) from GPT-2 weights."""
     out = Path(out)
     local = Path(source).expanduser()
-    _check_out(out, force, keep=local if local.is_dir() else None)
+    target = _check_out(out, outputs.RUN, "import-hf", force, keep=local if local.is_dir() else None)
     model_cfg, state, tok = load_pretrained(source)
     model = build_loaded(model_cfg, state)
     cfg = Config(name=out.name, data=DataConfig(dir=""), model=model_cfg)
-    with atomic_dir(out) as tmp:
+    with target.stage() as tmp:
         ckpt.write_run_header(tmp, cfg, tok, model.num_params())
         ckpt.save_weights(tmp / ckpt.MODEL, model, step=0)
     return out, tok
@@ -340,7 +338,7 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", force: 
     on the tokenizer. The directory appears whole or not at all."""
     run, out = Path(run_dir), Path(out)
     cfg = ckpt.read_config(run)
-    _check_out(out, force, keep=run)
+    target = _check_out(out, outputs.EXPORT, "export", force, keep=run)
     check_exportable(cfg.model)
     try:
         tok = ckpt.read_tokenizer(run)
@@ -351,7 +349,7 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", force: 
     files, note = hf_tokenizer_files(tok, cfg.model.block_size)
     eot = getattr(tok, "eot_id", None) if files is not None and "tokenizer.json" in files else None
     tensors = state_to_hf(model.state_dict(), cfg.model)
-    with atomic_dir(out) as tmp:
+    with target.stage() as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg.model, eot), indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name, body in (files or {}).items():
