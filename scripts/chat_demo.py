@@ -103,7 +103,7 @@ def score(base: Path, run: Path, questions_file: Path) -> None:
     print(f"held-out accuracy: base {100 * base_acc:.0f}%, chat {100 * chat_acc:.0f}%")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("data")
@@ -116,7 +116,7 @@ def main() -> None:
     s.add_argument("--base", type=Path, required=True)
     s.add_argument("--chat", type=Path, required=True)
     s.add_argument("--questions", type=Path, required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     try:
         if args.cmd == "data":
             make_data(args.corpus, args.out, args.seed, args.train_size, args.heldout_words)
@@ -124,8 +124,9 @@ def main() -> None:
             score(args.base, args.chat, args.questions)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        return e.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

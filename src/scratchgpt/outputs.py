@@ -62,6 +62,10 @@ class Kind:
     leftovers: bool = False  # a directory holding only its outputs, without the marker, is a killed writer's
     variant: Callable[[Path], str | None] | None = None  # which sort of the kind a directory holds (data: text, chat)
 
+    def carry(self, name: str) -> bool:
+        """Whether an entry of an old directory goes into the new one: everything that is not the kind's."""
+        return not self.is_output(name)
+
 
 def _json(path: Path) -> Any:
     """A small JSON file's contents; None when it is missing, too large or not JSON (the caller decides)."""
@@ -147,15 +151,11 @@ class Claim:
     kind: Kind
     replaces: bool
 
-    def carry(self, name: str) -> bool:
-        """Whether an entry of the old directory goes into the new one: everything that is not the kind's."""
-        return not self.kind.is_output(name)
-
     @contextlib.contextmanager
     def stage(self) -> Iterator[Path]:
         """An empty staging directory beside target; on success it replaces target in one step, carrying
         the old directory's entries that are not the kind's outputs. A failure or a kill leaves target as it was."""
-        with atomic_dir(self.target, carry=self.carry) as tmp:
+        with atomic_dir(self.target, carry=self.kind.carry) as tmp:
             yield tmp
 
 

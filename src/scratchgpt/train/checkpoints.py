@@ -31,6 +31,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
+from .. import outputs
 from ..fileio import append_text, atomic_write_text, staging_dir, swap_in, writing
 from ..plots import plot_loss, read_metrics
 from .ownership import RUN_FILES, resumed_config_changed
@@ -127,7 +128,7 @@ def save(run: TrainingRun, eval_losses: dict[str, float] | None, data_state: tor
             ckpt.write_run_header(out, run.cfg, run.tokenizer, run.n_params)
         if run.staging is not None:
             with writing(run.run_dir, f"the previous run in '{run.run_dir}' is unchanged"):
-                swap_in(run.staging, run.run_dir, carry=lambda name: name not in RUN_FILES)  # the user's files
+                swap_in(run.staging, run.run_dir, carry=outputs.RUN.carry)  # the user's files
             run.staging = None
     run.header_pending = False
     D.barrier(run.dist, run.rt.device)  # the others wait until the checkpoint is whole
