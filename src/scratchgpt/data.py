@@ -31,6 +31,7 @@ from . import outputs
 from .distributed import shard_bounds
 from .errors import DataError
 from .fileio import atomic_path, read_utf8, sha256_file
+from .schema import Int, ListOf, OneOf, Opt, Str, read_json
 from .tokenizers import Tokenizer, build_tokenizer
 
 META_FORMAT = 1
@@ -119,23 +120,31 @@ def prepare_shakespeare_char(input_path: str | Path | None = None, out_dir: str 
     return prepare_text(src, out, tokenizer="char", force=force)
 
 
+_TOKENS = Int(0)
+_SHARDS = ListOf({"file": Str(), "tokens": _TOKENS})
+# meta.json: what `prepare` writes (text, corpus shards, chat data) and what a hand-written one must hold
+META = {"tokenizer": {"kind": Str()}, "vocab_size": Int(1, 2**32), "dtype": Str(), "format": Opt(Int(1)),
+        "data_format": Opt(OneOf("text", "chat")), "train_tokens": Opt(_TOKENS), "val_tokens": Opt(_TOKENS),
+        "shards": Opt({"train": _SHARDS, "val": _SHARDS})}
+
+
 def load_meta(data_dir: str | Path) -> dict[str, Any]:
-    """Read a prepared directory's meta.json; a missing or incomplete directory names `scratchgpt prepare`."""
+    """Read a prepared directory's meta.json (checked against `META`: one sentence for what is wrong); a missing
+    or incomplete directory names `scratchgpt prepare`."""
     d = Path(data_dir)
     meta_path = d / "meta.json"
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise DataError(
             f"data directory '{d}' is not prepared (no meta.json); run `scratchgpt prepare shakespeare_char` "
             f"or `scratchgpt prepare text --input FILE --out {d}` first"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        meta["vocab_size"] = int(meta["vocab_size"])
-        dtype = np.dtype(meta["dtype"])
-        files = _expected_files(meta)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise DataError(f"'{meta_path}' is damaged; prepare the data again") from None
     again = f"prepare '{d}' again"
+    meta = read_json(meta_path, f"'{meta_path}' is damaged", DataError, f"; {again}", META)
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except TypeError:
+        raise DataError(f"'{meta_path}' is damaged: 'dtype' {meta['dtype']!r} is not a type of ids; {again}") from None
+    files = _expected_files(meta)
     vocab = meta["vocab_size"]
     if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)) or not 1 <= vocab <= 2 ** (8 * dtype.itemsize):
         raise DataError(f"'{meta_path}' is damaged: {dtype.name} ids cannot hold a vocabulary of {vocab}; {again}")
@@ -160,9 +169,8 @@ def _expected_files(meta: dict[str, Any]) -> list[tuple[str, int | None]]:
     """(file name, token count) of every token file meta.json describes (None: a hand-written meta.json
     without counts, where only whole ids can be checked)."""
     if "shards" in meta:
-        return [(str(e["file"]), int(e["tokens"])) for split in ("train", "val") for e in meta["shards"][split]]
-    counts = {split: meta.get(f"{split}_tokens") for split in ("train", "val")}
-    return [(f"{split}.bin", None if n is None else int(n)) for split, n in counts.items()]
+        return [(e["file"], e["tokens"]) for split in ("train", "val") for e in meta["shards"][split]]
+    return [(f"{split}.bin", meta.get(f"{split}_tokens")) for split in ("train", "val")]
 
 
 def _declared_vocab(tok: Any) -> int | None:

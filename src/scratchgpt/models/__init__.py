@@ -1,14 +1,16 @@
 """Model zoo: `ModelConfig` (a GPT's shape and switches, plus which architecture and where weights start)
 and `build_model`, the mapping from that config to a module (`arch` = gpt | bigram).
 
-Owns the mapping from config to module. Does not own weights I/O (see `checkpoint.py`) or loading
-pretrained weights (`interop/hf.py` reads `init_from`).
+Owns the mapping from config to module, and the state-dict shapes a config implies (`expected_shapes`).
+Does not own weights I/O (see `checkpoint.py`) or loading pretrained weights (`interop/hf.py` reads
+`init_from`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from .bigram import BigramLanguageModel
@@ -33,4 +35,19 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return GPT(cfg)
 
 
-__all__ = ["GPT", "GPTConfig", "BigramLanguageModel", "ModelConfig", "build_model"]
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the state dict a config describes, a tied matrix under its first name only (as
+    checkpoints store it), from the model built on the meta device: no memory, no init cost (but one module
+    per layer: check a layer count against the weights first when it may be damaged)."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    out: dict[str, tuple[int, ...]] = {}
+    seen: set[int] = set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:  # a tied head is wte's very Parameter
+            seen.add(id(t))
+            out[name] = tuple(t.shape)
+    return out
+
+
+__all__ = ["GPT", "GPTConfig", "BigramLanguageModel", "ModelConfig", "build_model", "expected_shapes"]

@@ -63,6 +63,8 @@ def check_resume(cfg: Config, run_dir: str | Path) -> None:
     run = Path(run_dir)
     clean_leftovers(run)
     stored = ckpt.read_config(run)  # one sentence when it is not a run directory or config.json is damaged
+    # config.json against the trainer state's header, before any model is built or memory allocated
+    ckpt.check_weights_file(stored.model, run / ckpt.STATE, run / ckpt.CONFIG, prefix="model.")
     _check_tokenizer(run, cfg.data.dir)
     cfg = ckpt.resolved_model_config(cfg, int(load_meta(cfg.data.dir)["vocab_size"]))
     old, new = to_dict(stored), to_dict(cfg)
