@@ -29,31 +29,18 @@ from . import chat, outputs
 from .data import META_FORMAT, load_meta
 from .distributed import shard_bounds
 from .errors import DataError, UserError
+from .schema import read_jsonl
 from .tokenizers import Tokenizer
 
 DATA_FORMAT = "chat"
 
 
 def read_conversations(path: str | Path) -> list[list[chat.Message]]:
-    """Every line of a JSONL file as a checked conversation; a bad line is an error naming file and line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read conversations file '{path}': {e.strerror or e}") from None
+    """Every line of a JSONL file as a checked conversation, read one line at a time (a line longer than
+    `limits.MAX_LINE_BYTES` is refused before it is held); a bad line is an error naming file and line."""
     out = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            obj = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise DataError(f"{where} is not UTF-8 text") from None
-        except ValueError as e:
-            raise DataError(f"{where} is not valid JSON: {e}") from None
-        if not isinstance(obj, dict) or "messages" not in obj:
-            raise DataError(f'{where} must be an object with a "messages" list')
+    for n, obj in read_jsonl(path, {"messages": list}, "conversations file"):
+        where = f"conversations file '{path}' line {n}"
         try:
             messages = chat.parse_messages(obj["messages"], where)
         except chat.ChatError as e:

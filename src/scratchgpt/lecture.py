@@ -36,9 +36,13 @@ from .generate import generate
 from .outputs import LECTURE, claim
 from .plots import pyplot, save_figure
 from .runtime import resolve_device, set_threads
+from .schema import Int, read_json
 from .train import train
 
 MARKER = "lecture.json"
+# a finished step's marker, as results.md and the plot read it (schema.py); a damaged one is not finished
+STEP_MARKER = {"step": str, "config": dict, "iters": Int(0), "params": Int(0), "train_loss": float,
+               "val_loss": float, "seconds": float, "cpu_seconds": float, "sample": str, "machine": str, "date": str}
 SAMPLE_CHARS, SAMPLE_SEED = 200, 1337
 
 
@@ -167,10 +171,10 @@ def _trained_step(run_dir: Path) -> int:
 def _finished(run_dir: Path, identity: dict[str, Any], max_iters: int) -> dict[str, Any] | None:
     """The step's marker if it finished with this very config (the marker's and the run's), else None."""
     try:
-        marker = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        marker = read_json(run_dir / MARKER, f"'{run_dir / MARKER}' is damaged", spec=STEP_MARKER)
+    except UserError:  # missing or damaged: the step is trained again
         return None
-    if (not isinstance(marker, dict) or not same_run(marker.get("config"), identity)
+    if (not same_run(marker.get("config"), identity)
             or not same_run(_run_identity(run_dir), identity) or _trained_step(run_dir) < max_iters):
         return None
     return marker

@@ -2,6 +2,7 @@
 the first thing wrong with it.
 
 Owns `read_json` (a file as JSON: missing, a directory, too large, not UTF-8 or not JSON is one sentence),
+`read_jsonl` (a JSON Lines file, one checked value per line, a line too long refused before it is held),
 `check` (a value against a schema, raising the reader's error class with the reader's words around the
 problem) and `problem` (the same, as a string or None, for readers that only probe). A schema is:
 
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError, UserError
+from .limits import MAX_LINE_BYTES
 
 MAX_JSON_BYTES = 64 << 20  # a metadata file larger than this is not read (a tokenizer.json of GPT-2 is ~2 MB)
 
@@ -168,15 +171,44 @@ def read_json(path: str | Path, where: str, error: type[UserError] = DataError, 
         raise error(f"{where}: it is missing{hint}") from None
     except OSError as e:
         raise error(f"{where}: {e.strerror or e}{hint}") from None
+    value = _loads(raw, where, error, hint)
+    return value if spec is None else check(value, spec, where, error, hint)
+
+
+def _loads(raw: bytes, where: str, error: type[UserError], hint: str = "") -> Any:
     try:
-        value = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise error(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}){hint}") from None
     except ValueError as e:
         raise error(f"{where}: not valid JSON ({e}){hint}") from None
     except RecursionError:
         raise error(f"{where}: nested too deeply to be read{hint}") from None
-    return value if spec is None else check(value, spec, where, error, hint)
 
 
-__all__ = ["Int", "ListOf", "MapOf", "OneOf", "Opt", "Str", "check", "problem", "read_json"]
+def read_jsonl(path: str | Path, spec: Any, name: str, error: type[UserError] = DataError,
+               most_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+    """(line number, value checked against spec) for each non-blank line of a JSON Lines file, read one line at
+    a time; `name` says what the file is ("choices file"). A line longer than most_line_bytes is refused having
+    read no more of it than that; a missing file, a directory, a bad line: one sentence each."""
+    p = Path(path)
+    if p.is_dir():
+        raise error(f"{name} '{p}' is a directory; give a file")
+    try:
+        f = open(p, "rb")  # noqa: SIM115 - closed below; the generator holds it across yields
+    except FileNotFoundError:
+        raise error(f"{name} '{p}' not found") from None
+    except OSError as e:
+        raise error(f"cannot read {name} '{p}': {e.strerror or e}") from None
+    with f:
+        n = 0
+        while raw := f.readline(most_line_bytes + 1):
+            n += 1
+            where = f"{name} '{p}' line {n}"
+            if len(raw) > most_line_bytes and not raw.endswith(b"\n"):
+                raise error(f"{where} is longer than {most_line_bytes:,} bytes, the most one line may hold")
+            if raw.strip():
+                yield n, check(_loads(raw, where, error), spec, where, error)
+
+
+__all__ = ["Int", "ListOf", "MapOf", "OneOf", "Opt", "Str", "check", "problem", "read_json", "read_jsonl"]

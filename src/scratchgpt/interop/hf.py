@@ -34,6 +34,7 @@ from .. import outputs
 from ..config import Config, ConfigError, DataConfig, ModelConfig
 from ..errors import CheckpointError, UserError
 from ..models import build_model, expected_shapes
+from ..schema import MapOf, Str, read_json
 from ..tokenizers import Tokenizer
 from ..tokenizers.gpt2 import load_gpt2
 from .hf_tokenizer import hf_tokenizer_files, is_gpt2_vocab, read_hf_vocab
@@ -86,12 +87,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.is_file():
         raise CheckpointError(f"'{directory}' has no config.json; it is not a Hugging Face model directory")
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"'{path}' is not valid JSON") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"'{path}' is not a JSON object")
+    hf = read_json(path, f"'{path}' is damaged", CheckpointError, spec=dict)  # its fields: model_config_from_hf
     kind = hf.get("model_type")
     if kind != "gpt2":
         archs = hf.get("architectures")
@@ -147,13 +143,10 @@ def _hf_weight_files(directory: Path) -> list[Path]:
     if single.is_file():
         return [single]
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-            raise CheckpointError(f"'{index}' is damaged (no weight_map)") from None
+        index_json = read_json(index, f"'{index}' is damaged", CheckpointError, spec={"weight_map": MapOf(Str())})
+        shards = sorted(set(index_json["weight_map"].values()))
         for shard in shards:
-            if not isinstance(shard, str) or Path(shard).name != shard:
+            if Path(shard).name != shard:
                 raise CheckpointError(f"'{index}' names a shard outside its directory: {shard!r}")
         return [directory / shard for shard in shards]
     if (directory / "pytorch_model.bin").is_file():
