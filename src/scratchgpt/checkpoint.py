@@ -108,7 +108,8 @@ def check_shapes(m: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str,
         if m.n_layer > n:
             raise CheckpointError(f"'{where}' lacks layer {n} ('h.{n}.*'): {config} says n_layer = {m.n_layer:,} but "
                                   f"the weights hold {n} layer{'s' if n != 1 else ''}; the config does not match them")
-    expected = expected_shapes(m)
+    state = expected_shapes(m)
+    expected = state.shapes
     for name, shape in shapes.items():
         if name not in expected:
             raise CheckpointError(f"'{where}' holds '{name}', which the model of {config} does not have: the model "
@@ -116,7 +117,7 @@ def check_shapes(m: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str,
         if expected[name] != shape:
             raise CheckpointError(f"'{where}' does not match {config}: '{name}' is {shape} in the weights but "
                                   f"{expected[name]} in the config")
-    missing = [name for name in expected if name not in shapes]
+    missing = [name for name in expected if name not in shapes and name not in state.tied]
     if missing:
         raise CheckpointError(f"'{where}' lacks '{missing[0]}' that {config} implies: the model shape does not match")
 

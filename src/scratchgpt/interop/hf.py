@@ -318,7 +318,7 @@ def hf_config(m: ModelConfig, eot: int | None) -> dict[str, Any]:
 
 def state_to_hf(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict -> GPT-2's names (Conv1D weights transposed; absent biases as zeros; tied head left out)."""
-    full = {name: torch.zeros(shape) for name, shape in expected_shapes(replace(m, bias="gpt2")).items()
+    full = {name: torch.zeros(shape) for name, shape in expected_shapes(replace(m, bias="gpt2")).shapes.items()
             if name.endswith(".bias")}  # zero biases compute what no biases do
     full.update({k: v.detach().to("cpu", torch.float32) for k, v in state.items()})
     out = {}

@@ -35,19 +35,29 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return GPT(cfg)
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The names and shapes of the state dict a config describes, a tied matrix under its first name only (as
-    checkpoints store it), from the model built on the meta device: no memory, no init cost (but one module
-    per layer: check a layer count against the weights first when it may be damaged)."""
+@dataclass(frozen=True)
+class StateShapes:
+    """The state dict a config describes: every name's shape, and which names are another name's very tensor
+    (a tied head: a checkpoint may hold it under its first name only, or under both)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    tied: frozenset[str]
+
+
+def expected_shapes(cfg: ModelConfig) -> StateShapes:
+    """The state dict's names and shapes for cfg, from the model built on the meta device: no memory, no init
+    cost (but one module per layer: check a layer count against the weights first when it may be damaged)."""
     with torch.device("meta"):
         model = build_model(cfg)
-    out: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     seen: set[int] = set()
+    tied = set()
     for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) not in seen:  # a tied head is wte's very Parameter
-            seen.add(id(t))
-            out[name] = tuple(t.shape)
-    return out
+        shapes[name] = tuple(t.shape)
+        if id(t) in seen:  # a tied head is wte's very Parameter
+            tied.add(name)
+        seen.add(id(t))
+    return StateShapes(shapes, frozenset(tied))
 
 
-__all__ = ["GPT", "GPTConfig", "BigramLanguageModel", "ModelConfig", "build_model", "expected_shapes"]
+__all__ = ["GPT", "GPTConfig", "BigramLanguageModel", "ModelConfig", "StateShapes", "build_model", "expected_shapes"]
