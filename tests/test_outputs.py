@@ -288,3 +288,31 @@ def zygote(tmp_path_factory):
     yield Lazy()
     for z in made:
         z.close()
+
+
+def test_every_file_a_writer_writes_is_its_kinds_output(res, base_run, tmp_path):
+    """What a replacement drops is exactly the kind's outputs: every file each writer writes must be one (else an
+    old one would be carried into the new directory as if it were the user's)."""
+    from scratchgpt import checkpoint as ckpt
+    from scratchgpt.interop.hf_tokenizer import hf_tokenizer_files
+    from scratchgpt.tokenizers import CharTokenizer
+    from scratchgpt.tokenizers.bpe_train import train_bpe
+
+    assert {ckpt.CONFIG, ckpt.TOKENIZER, ckpt.MODEL, ckpt.MODEL_BEST, ckpt.STATE, ckpt.STATE_JSON} <= set(outputs.RUN_FILES)
+    assert all(outputs.RUN.is_output(p.name) for p in res["run"].iterdir())
+    assert all(outputs.EXPORT.is_output(p.name) for p in res["hf"].iterdir())
+    bpe = train_bpe(["to be or not to be, that is the question"], 270)
+    for tok in (CharTokenizer("abc"), bpe, bpe.with_special_tokens(["<|endoftext|>"])):
+        files, _ = hf_tokenizer_files(tok, 16)
+        assert all(outputs.EXPORT.is_output(name) for name in files or {}), sorted(files or {})
+    assert cli_main(["prepare", "text", "--input", str(res["new.txt"]), "--out", str(tmp_path / "c"), *CORPUS,
+                     "--shard-tokens", "500"]) == 0
+    assert cli_main(["prepare", "chat", "--input", str(res["new.jsonl"]), "--run", str(base_run), "--out",
+                     str(tmp_path / "chat")]) == 0
+    assert cli_main(["tokenizer", "train", "--input", str(res["new.txt"]), "--vocab-size", "270", "--out",
+                     str(tmp_path / "tok")]) == 0
+    for d, kind in ((res["data"], outputs.DATA), (tmp_path / "c", outputs.DATA), (tmp_path / "chat", outputs.DATA),
+                    (tmp_path / "tok", outputs.TOKENIZER)):
+        names = [p.name for p in d.iterdir()]
+        assert kind.marker(d) and all(kind.is_output(n) for n in names), names
+    assert not outputs.DATA.is_output("input.txt") and not outputs.RUN.is_output("notes.txt")
