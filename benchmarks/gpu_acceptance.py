@@ -22,7 +22,10 @@ the next one runs), all within --budget seconds (default 470, under 8 minutes; l
    Shakespeare; bar: it finishes and writes a checkpoint.
 Logs of every step go to WORKDIR/logs (default runs/gpu_acceptance); the table also to --table-file (default
 $OUT/gpu_acceptance.md when $OUT is set, else WORKDIR/gpu_acceptance.md), ready for docs/benchmarks.md.
-Exit 0 when every check passes, 1 when one does not, 2 without a CUDA GPU (one line on stderr).
+WORKDIR must be new, empty or an earlier acceptance run's (scratchgpt/outputs.py's rule); its runs are replaced
+as `train --force` replaces a run, never anything else.
+Exit 0 when every check passes, 1 when one does not, 2 without a CUDA GPU or with a WORKDIR that is not ours
+(one line on stderr).
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ TOKENS_BAR, SPEEDRUN_BAR, DECODE_BARS = 650_000, 30.0, {1: 1_000, 64: 30_000}
 PEAKS = [("H100 PCIe", 756e12, "H100 PCIe"), ("H100 NVL", 835e12, "H100 NVL"), ("H200 NVL", 835e12, "H200 NVL"),
          ("H100", 989e12, "H100 SXM"), ("H200", 989e12, "H200 SXM"), ("A100", 312e12, "A100")]
 TINY_MODEL = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32"]
+WORKDIR_ENTRIES = ("data", "speedrun", "torchrun", "logs", "gpu_acceptance.md")  # what --workdir holds
+
+
+def _workdir_kind():  # imported late: --help and the no-GPU answer stay quick
+    from scratchgpt.outputs import Kind, entries
+
+    return Kind("a GPU acceptance work directory", lambda d: (d / "logs").is_dir() and all(
+        p.name in WORKDIR_ENTRIES for p in entries(d)), WORKDIR_ENTRIES.__contains__)
 
 
 @dataclass
@@ -246,9 +257,8 @@ def step_speedrun(r: Runner, timeout: float, work: Path) -> list[Check]:
     o = r.run("prepare", prep + (["--input", src] if src else []), min(60.0, timeout))
     if o.rc != 0:
         return [Check(name, f"prepare failed: {o.why()}", bar, "FAIL")]
-    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "scratchgpt.cli", "train", "configs/shakespeare_char_speedrun.toml", "--quiet",
-           "--out", str(run_dir), f"--data.dir={data}"]
+           "--out", str(run_dir), "--force", f"--data.dir={data}"]  # --force: the last acceptance run's, never more
     target = 1.47
     if r.smoke:  # a tiny model that "reaches" a loose target at its first evaluation
         target = 10.0
@@ -293,9 +303,8 @@ def step_torchrun(r: Runner, timeout: float, work: Path) -> list[Check]:
     data, out = work / "data/shakespeare_char", work / "torchrun"
     if not (data / "meta.json").is_file():
         return [Check(name, "not run: no prepared data (the speedrun step prepares it)", bar, "FAIL")]
-    shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           "-m", "scratchgpt.cli", "train", "configs/shakespeare_char.toml", "--quiet", "--out", str(out),
+           "-m", "scratchgpt.cli", "train", "configs/shakespeare_char.toml", "--quiet", "--out", str(out), "--force",
            f"--data.dir={data}", "--train.max_iters=20", "--train.eval_interval=10", "--train.eval_iters=2",
            "--train.batch_size=8", "--train.compile=false", *TINY_MODEL]
     if r.smoke:
@@ -355,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     peak, part = (args.peak_flops, "given") if args.peak_flops else peak_flops_for(card[0])
     peak_note = f"{flops_text(peak)} FLOP/s ({part}, dense bf16)" if peak else "unknown card: no MFU (pass --peak-flops)"
     work = (REPO / args.workdir).resolve()
+    sys.path.insert(0, str(REPO / "src"))  # the package the steps run (their PYTHONPATH)
+    from scratchgpt.errors import UserError
+    from scratchgpt.outputs import claim
+
+    try:  # the one rule for output directories (scratchgpt/outputs.py): never into a directory not ours
+        claim(work, _workdir_kind(), "gpu_acceptance.py", flag="--workdir")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))

@@ -1,9 +1,13 @@
 """SIGKILL a command before each of its file-system steps, for the kill tests (prepare, train, export).
 
 A warm "zygote" process imports scratchgpt (and whatever else the command needs) once, optionally runs a
-warm-up command (so that lazy imports and caches are paid once), and forks one run of the command per trial; in the fork, every gated function (each rename, fsync, link, removal, exchange, or a
-module's own writer) first reports itself and waits for a go-ahead. Trial k is killed with SIGKILL just
-before its k-th step, so trials k = 1, 2, ... until one runs to the end cover every moment between two steps.
+warm-up command (so that lazy imports and caches are paid once), and forks one run of the command per trial;
+in the fork, every gated function (each rename, fsync, link, removal, exchange, or a module's own writer)
+first reports itself and waits for a go-ahead. Trial k is killed with SIGKILL just before its k-th step, so
+trials k = 1, 2, ... until one runs to the end cover every moment between two steps; a trial may instead be
+killed just before the first step of a given name ("exchange": the moment before a directory is swapped in),
+and may run another command than the zygote's own (`argv`, and `entry`: "path/to/script.py:function" for a
+script's `function(argv)` instead of `scratchgpt.cli.main`).
 """
 
 from __future__ import annotations
@@ -62,7 +66,19 @@ def owner(path):
         return obj
     raise ImportError(path)
 
-while line() == "run":
+def entry_point(spec):
+    if not spec:
+        return cli.main
+    import importlib.util
+    path, name = spec.rsplit(":", 1)
+    module_spec = importlib.util.spec_from_file_location("kill_entry", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules["kill_entry"] = module
+    module_spec.loader.exec_module(module)
+    return getattr(module, name)
+
+while (msg := line()).startswith("run"):
+    run = json.loads(msg[4:]) if msg != "run" else {"argv": argv, "entry": ""}
     pid = os.fork()
     if pid == 0:
         for spec in gates:
@@ -71,7 +87,7 @@ while line() == "run":
             setattr(target, attr, gate(spec, getattr(target, attr)))
         fileio._exchange = gate("exchange", fileio._exchange if exchange else lambda a, b: False)
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-        os._exit(cli.main(argv))
+        os._exit(entry_point(run["entry"])(run["argv"]) or 0)
     say("pid %d" % pid)
     _, status = os.waitpid(pid, 0)
     say("exit %d" % status)
@@ -103,10 +119,10 @@ class Zygote:
     def send(self, text: str) -> None:
         os.write(self.proc.stdin.fileno(), (text + "\n").encode())
 
-    def trial(self, kill_at: int) -> str | None:
-        """Run the command once, SIGKILL it just before its kill_at-th step; the step it was killed before
-        (None when it ran to the end)."""
-        self.send("run")
+    def trial(self, kill_at: int | str, argv: list[str] | None = None, entry: str = "") -> str | None:
+        """Run the command once (or `argv`, through `entry`), SIGKILL it just before its kill_at-th step (or the
+        first step named kill_at); the step it was killed before (None when it ran to the end)."""
+        self.send("run" if argv is None else "run " + json.dumps({"argv": argv, "entry": entry}))
         pid = int(self.read().split()[1])
         steps = 0
         while True:
@@ -115,7 +131,7 @@ class Zygote:
                 assert msg == "exit 0", f"the command failed on its own ({msg})"
                 return None
             steps += 1
-            if steps == kill_at:
+            if steps == kill_at or msg == f"op {kill_at}":
                 os.kill(pid, signal.SIGKILL)
                 assert self.read() == f"exit {signal.SIGKILL}"
                 return msg.removeprefix("op ")

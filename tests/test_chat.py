@@ -123,8 +123,8 @@ def test_a_conversation_does_not_depend_on_its_batch_neighbours(chat_data):
 def test_bad_conversation_files_name_the_line(base_run, tmp_path, capsys):
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]})
     cases = {
-        "not json": ("{oops", "line 2 is not valid JSON"),
-        "no messages": (json.dumps({"text": "x"}), 'line 2 must be an object with a "messages"'),
+        "not json": ("{oops", "line 2: not valid JSON"),
+        "no messages": (json.dumps({"text": "x"}), "line 2: 'messages' is missing"),
         "unknown role": (json.dumps({"messages": [{"role": "bot", "content": "x"}]}), "line 2[0] has role 'bot'"),
         "empty": (json.dumps({"messages": []}), "line 2 must be a non-empty list"),
         "no reply": (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "line 2 has no assistant"),

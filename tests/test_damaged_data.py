@@ -56,8 +56,22 @@ DAMAGE = {
     "dtype_too_narrow": (_edit_meta(vocab_size=70_000), "uint16 ids cannot hold a vocabulary of 70000"),
     "dtype_not_ids": (_edit_meta(dtype="float32"), "float32 ids cannot hold"),
     "tokenizer_vs_vocab": (_fewer_chars, "its tokenizer has"),
-    "not_json": (lambda d: (d / "meta.json").write_text("{"), "is damaged; prepare the data again"),
+    "not_json": (lambda d: (d / "meta.json").write_text("{"), "meta.json' is damaged: not valid JSON"),
+    # the schema check (scratchgpt/schema.py): the issue's meta.json without "tokenizer" was a KeyError, exit 1
+    "no_tokenizer": (lambda d: _drop(d, "tokenizer"), "meta.json' is damaged: 'tokenizer' is missing"),
+    "tokenizer_not_object": (_edit_meta(tokenizer="char"), "'tokenizer' must be an object"),
+    "vocab_not_number": (_edit_meta(vocab_size="65"), "'vocab_size' must be a whole number"),
+    "negative_count": (_edit_meta(train_tokens=-1), "'train_tokens' must be a whole number of at least 0"),
+    "not_object": (lambda d: (d / "meta.json").write_text("[1, 2]"), "expected an object, got a list of 2"),
+    "bad_shards": (_edit_meta(shards={"train": [{"file": "train.bin"}], "val": []}), "'shards.train[0].tokens' is missing"),
+    "directory": (lambda d: ((d / "meta.json").unlink(), (d / "meta.json").mkdir()), "meta.json' is damaged: it is a directory"),
 }
+
+
+def _drop(d: Path, key: str) -> None:
+    meta = json.loads((d / "meta.json").read_text())
+    del meta[key]
+    (d / "meta.json").write_text(json.dumps(meta))
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

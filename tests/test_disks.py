@@ -60,7 +60,7 @@ COMMANDS: dict[str, Command] = {
     "tokenizer-train": lambda b, r: (
         ["tokenizer", "train", "--input", str(r / "old.txt"), "--vocab-size", "280", "--out", str(b / "tok")],
         ["tokenizer", "train", "--input", str(r / "new.txt"), "--vocab-size", "300", "--out", str(b / "tok")],
-        b / "tok" / "tokenizer.json"),
+        b / "tok"),
     "export": lambda b, r: (["export", str(r / "run"), "--out", str(b / "hf")],
                             ["export", str(r / "run"), "--out", str(b / "hf"), "--force"], b / "hf"),
     "import-hf": lambda b, r: (["import-hf", str(r / "hf"), "--out", str(b / "run")],

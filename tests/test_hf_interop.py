@@ -255,10 +255,17 @@ def test_export_out_rules_and_atomicity(tmp_path, capsys, monkeypatch):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    rc, err = _run_cli(capsys, "export", tmp_path / "run", "--out", out)
-    assert rc == 2 and "--force" in err and (out / "keep.txt").read_text() == "mine"
+    for force in ([], ["--force"]):  # a directory that is not an export is never replaced, --force or not
+        rc, err = _run_cli(capsys, "export", tmp_path / "run", "--out", out, *force)
+        assert rc == 2 and "holds files it did not write ('keep.txt')" in err and (out / "keep.txt").read_text() == "mine"
     rc, err = _run_cli(capsys, "export", tmp_path / "run", "--out", tmp_path / "run", "--force")
     assert rc == 2 and "being read" in err and (tmp_path / "run" / "config.json").is_file()
+    (out / "keep.txt").unlink()
+    assert _run_cli(capsys, "export", tmp_path / "run", "--out", out)[0] == 0
+    (out / "keep.txt").write_text("mine")  # the user's file beside an export
+    rc, err = _run_cli(capsys, "export", tmp_path / "run", "--out", out)
+    assert rc == 2 and "already holds a Hugging Face export" in err and "--force" in err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
@@ -266,11 +273,11 @@ def test_export_out_rules_and_atomicity(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(hf, "save_file", boom)
     with pytest.raises(OSError):
         hf.export_hf(tmp_path / "run", out, force=True)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # the old directory, untouched
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old directory, untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no temporary left behind
     monkeypatch.undo()
     assert _run_cli(capsys, "export", tmp_path / "run", "--out", out, "--force")[0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "keep.txt", "model.safetensors"]
 
 
 # ---- init_from: training starts from the imported weights --------------------------------------------

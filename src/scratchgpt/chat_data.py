@@ -1,7 +1,7 @@
 """Conversation data: JSONL conversations tokenized with a run's chat template, and the loader that batches them.
 
 Owns `prepare_chat` (JSONL files of `{"messages": [...]}` lines -> a data directory, built beside the target
-and swapped in whole) and `ChatLoader` (batches of whole conversations). Does not own the template
+and swapped in whole, where `outputs.claim` allows) and `ChatLoader` (batches of whole conversations). Does not own the template
 (`chat.py`), text data (`data.py`) or training.
 
 A chat data directory holds, per split, `{split}.bin` (the conversations' token ids laid end to end),
@@ -25,36 +25,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import chat
+from . import chat, outputs
 from .data import META_FORMAT, load_meta
 from .distributed import shard_bounds
 from .errors import DataError, UserError
-from .fileio import atomic_dir
+from .schema import read_jsonl
 from .tokenizers import Tokenizer
 
 DATA_FORMAT = "chat"
 
 
 def read_conversations(path: str | Path) -> list[list[chat.Message]]:
-    """Every line of a JSONL file as a checked conversation; a bad line is an error naming file and line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read conversations file '{path}': {e.strerror or e}") from None
+    """Every line of a JSONL file as a checked conversation, read one line at a time (a line longer than
+    `limits.MAX_LINE_BYTES` is refused before it is held); a bad line is an error naming file and line."""
     out = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            obj = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise DataError(f"{where} is not UTF-8 text") from None
-        except ValueError as e:
-            raise DataError(f"{where} is not valid JSON: {e}") from None
-        if not isinstance(obj, dict) or "messages" not in obj:
-            raise DataError(f'{where} must be an object with a "messages" list')
+    for n, obj in read_jsonl(path, {"messages": list}, "conversations file"):
+        where = f"conversations file '{path}' line {n}"
         try:
             messages = chat.parse_messages(obj["messages"], where)
         except chat.ChatError as e:
@@ -68,13 +54,15 @@ def read_conversations(path: str | Path) -> list[list[chat.Message]]:
 
 
 def prepare_chat(inputs: list[str | Path], out_dir: str | Path, tokenizer: Tokenizer, block_size: int,
-                 val_fraction: float = 0.1, source: str = "") -> dict[str, Any]:
+                 val_fraction: float = 0.1, source: str = "", force: bool = False) -> dict[str, Any]:
     """Tokenize conversations with the chat template into out_dir: the last `val_fraction` of them (at least
     one) for validation. Every conversation must fit one window of `block_size` tokens (+1, the last target).
-    `tokenizer` is the run's; the template's special tokens are added to it. Nothing is written unless
-    everything checks out."""
+    `tokenizer` is the run's; the template's special tokens are added to it. out_dir must be new, empty or
+    prepared data (`outputs.claim`; text data only with `force`), and what in it is not prepared data (the
+    input files, the user's notes) is kept. Nothing is written unless everything checks out."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val fraction must be between 0 and 1, got {val_fraction}")
+    out = outputs.claim(out_dir, outputs.DATA, "prepare chat", force=force, variant=DATA_FORMAT, inputs=inputs)
     tok = chat.chat_tokenizer(tokenizer)
     convs, where = [], []
     for path in inputs:
@@ -98,7 +86,7 @@ def prepare_chat(inputs: list[str | Path], out_dir: str | Path, tokenizer: Token
     dtype = np.dtype(np.uint16) if tok.vocab_size <= 65536 else np.dtype(np.uint32)
     meta = {"format": META_FORMAT, "data_format": DATA_FORMAT, "tokenizer": tok.to_json(),
             "vocab_size": tok.vocab_size, "dtype": dtype.name, "block_size": block_size, "source": source}
-    with atomic_dir(out_dir) as stage:
+    with out.stage() as stage:
         for name, part in splits.items():
             ids = np.concatenate([np.asarray(c[0], dtype=np.int64) for c in part])
             learn = np.concatenate([np.asarray(c[1], dtype=np.uint8) for c in part])

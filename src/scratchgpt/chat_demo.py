@@ -37,9 +37,9 @@ from .checkpoint import init_from_run, is_run_dir, read_config, read_tokenizer
 from .config import Config, DataConfig, load_recipe
 from .console import echo
 from .data import prepare_shakespeare_char, shakespeare_source
-from .fileio import atomic_write_text
 from .generate import Engine
 from .models import build_model
+from .outputs import Kind, claim
 from .train import train
 
 NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
@@ -60,17 +60,27 @@ def _conversation(q: str, a: str) -> str:
     return json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
 
 
+# what the data step writes: a new or empty directory, or one holding these two files (replaced whole, other
+# files kept), never anything else (scratchgpt.outputs' rule)
+DEMO_FILES = ("train.jsonl", "heldout.jsonl")
+CONVERSATIONS = Kind("the chat demo's conversations", lambda d: all((d / f).is_file() for f in DEMO_FILES),
+                     lambda name: name in DEMO_FILES)
+
+
 def make_data(corpus: Path, out: Path, train_size: int, heldout_words: int, seed: int = SEED) -> None:
     """train.jsonl (train_size conversations) and heldout.jsonl (3 questions about each of heldout_words words
-    that train.jsonl never mentions)."""
+    that train.jsonl never mentions), swapped into `out` whole."""
+    target = claim(out, CONVERSATIONS, "demo chat", inputs=[corpus])
     text = corpus.read_text(encoding="utf-8")
     words = sorted({w for w in re.findall(r"[a-z]+", text) if 3 <= len(w) <= 8})
     rng = random.Random(seed)
     rng.shuffle(words)
     held, train_words = words[:heldout_words], words[heldout_words:]
     rows = [_conversation(*rng.choice(questions(rng.choice(train_words)))) for _ in range(train_size)]
-    atomic_write_text(out / "train.jsonl", "".join(r + "\n" for r in rows))
-    atomic_write_text(out / "heldout.jsonl", "".join(_conversation(q, a) + "\n" for w in held for q, a in questions(w)))
+    with target.stage() as stage:
+        (stage / "train.jsonl").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        (stage / "heldout.jsonl").write_text("".join(_conversation(q, a) + "\n" for w in held for q, a in questions(w)),
+                                             encoding="utf-8")
     echo(f"wrote {out}: {train_size} training conversations about {len(train_words)} words, "
          f"{3 * len(held)} held-out questions about {len(held)} other words")
 

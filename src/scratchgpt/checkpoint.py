@@ -20,6 +20,7 @@ step with optimizer state of another.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,16 @@ from .config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from .errors import CheckpointError
 from .fileio import atomic_path, atomic_write_json
 from .memory import check_weights
-from .models import ModelConfig, build_model
+from .models import ModelConfig, build_model, expected_shapes
+from .schema import Int, Str, check, read_json
 from .tokenizers import Tokenizer, tokenizer_from_json
 
 FORMAT_VERSION = 1
 CONFIG, TOKENIZER = "config.json", "tokenizer.json"
+# the JSON a run holds, as schema.check reads them (config.json's "config" is then config.from_dict's)
+RUN_CONFIG = {"format_version": int, "config": dict}
+TOKENIZER_JSON = {"kind": Str()}
+TRAINER_INFO = {"step": Int(0), "best_val": float, "param_groups": list}
 MODEL, MODEL_BEST = "model.safetensors", "model-best.safetensors"
 STATE, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
 
@@ -71,6 +77,61 @@ def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return load_file(str(path)), meta
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"'{path}' is not a valid safetensors checkpoint (corrupt or truncated?): {e}") from None
+
+
+def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype in a safetensors file, from its header alone: no tensor is read."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file '{path}' is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            out = {}
+            for name in f.keys():
+                piece = f.get_slice(name)
+                out[name] = (tuple(piece.get_shape()), piece.get_dtype())
+            return out
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"'{path}' is not a valid safetensors checkpoint (corrupt or truncated?): {e}") from None
+
+
+_LAYER = re.compile(r"h\.(\d+)\.")
+_FLOATS = ("F64", "F32", "F16", "BF16")
+
+
+def check_shapes(m: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str, config: str) -> None:
+    """Refuse (one CheckpointError) weights whose names or shapes are not those of the model `config` (a phrase
+    naming the config) describes, before anything is built or allocated: the layer count first, from the names
+    alone (so a damaged n_layer = 100000 costs nothing), then every name and shape against the model built on
+    the meta device."""
+    if m.arch == "gpt":
+        n = len({int(x.group(1)) for name in shapes if (x := _LAYER.match(name))})
+        if m.n_layer > n:
+            raise CheckpointError(f"'{where}' lacks layer {n} ('h.{n}.*'): {config} says n_layer = {m.n_layer:,} but "
+                                  f"the weights hold {n} layer{'s' if n != 1 else ''}; the config does not match them")
+    state = expected_shapes(m)
+    expected = state.shapes
+    for name, shape in shapes.items():
+        if name not in expected:
+            raise CheckpointError(f"'{where}' holds '{name}', which the model of {config} does not have: the model "
+                                  "shape does not match")
+        if expected[name] != shape:
+            raise CheckpointError(f"'{where}' does not match {config}: '{name}' is {shape} in the weights but "
+                                  f"{expected[name]} in the config")
+    missing = [name for name in expected if name not in shapes and name not in state.tied]
+    if missing:
+        raise CheckpointError(f"'{where}' lacks '{missing[0]}' that {config} implies: the model shape does not match")
+
+
+def check_weights_file(m: ModelConfig, path: Path, config_path: Path, prefix: str = "") -> None:
+    """A weights file (or the `prefix`ed tensors of a trainer state) checked against its run's config.json from
+    the file's header alone, before any model is built or memory allocated (`check_shapes`)."""
+    shapes = {}
+    for name, (shape, dtype) in read_header(path).items():
+        if name.startswith(prefix):
+            if dtype not in _FLOATS:
+                raise CheckpointError(f"'{path}' holds '{name}' as {dtype}, not as floating-point weights")
+            shapes[name[len(prefix):]] = shape
+    check_shapes(m, shapes, str(path), f"'{config_path}'")
 
 
 def save_weights(path: str | Path, model: nn.Module, step: int) -> None:
@@ -129,10 +190,10 @@ def read_config(run_dir: str | Path, overrides: list[str] | None = None) -> Conf
             raise CheckpointError(f"'{run}' holds no checkpoint yet: the run training there has not completed its "
                                   "first one (if it was killed, start it again, without --resume)")
         raise CheckpointError(f"'{run}' is not a run directory (no {CONFIG}); pass a directory `scratchgpt train` wrote")
+    raw = read_json(run / CONFIG, f"'{run / CONFIG}' is damaged", CheckpointError, spec=RUN_CONFIG)
+    if raw["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"'{run / CONFIG}' has format {raw['format_version']!r}; this version reads {FORMAT_VERSION}")
     try:
-        raw = json.loads((run / CONFIG).read_text(encoding="utf-8"))
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"'{run / CONFIG}' has format {raw.get('format_version')!r}; this version reads {FORMAT_VERSION}")
         return from_dict(apply_overrides(raw["config"], overrides or []))
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CheckpointError(f"'{run / CONFIG}' is damaged") from None
@@ -145,15 +206,9 @@ def read_config(run_dir: str | Path, overrides: list[str] | None = None) -> Conf
 def read_tokenizer_json(run_dir: str | Path) -> dict[str, Any]:
     """tokenizer.json as written (one sentence naming the file when it is missing or damaged)."""
     path = Path(run_dir) / TOKENIZER
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"'{run_dir}' has no {TOKENIZER}") from None
-    except ValueError:  # not JSON, or not UTF-8
-        raise CheckpointError(f"'{path}' is damaged") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"'{path}' is damaged")
-    return raw
+    if not path.exists():
+        raise CheckpointError(f"'{run_dir}' has no {TOKENIZER}")
+    return read_json(path, f"'{path}' is damaged", CheckpointError, spec=TOKENIZER_JSON)
 
 
 def read_tokenizer(run_dir: str | Path) -> Tokenizer:
@@ -180,9 +235,11 @@ def load_model(run_dir: str | Path, which: str = "best", device: str | torch.dev
     cfg = read_config(run)
     tok = read_tokenizer(run)
     check_tokenizer_fits(tok.vocab_size, cfg.model.vocab_size, run / TOKENIZER)
+    path = weights_path(run, which)
+    check_weights_file(cfg.model, path, run / CONFIG)  # config.json against the weights' header: nothing built
     check_weights(cfg.model, torch.device(device))  # refuse what cannot fit before anything is allocated
     model = build_model(cfg.model)
-    load_weights(weights_path(run, which), model)
+    load_weights(path, model)
     return model.to(device).eval(), tok, cfg
 
 
@@ -214,9 +271,7 @@ def read_trainer_info(run_dir: str | Path) -> dict[str, Any]:
             info = json.loads((f.metadata() or {})["info"])
     except (SafetensorError, OSError, ValueError, KeyError):
         raise CheckpointError(f"'{path}' is missing or not a scratchgpt trainer state") from None
-    if not isinstance(info, dict):
-        raise CheckpointError(f"'{path}' is not a scratchgpt trainer state")
-    return info
+    return check(info, TRAINER_INFO, f"'{path}' is not a scratchgpt trainer state", CheckpointError)
 
 
 def load_trainer_state(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -227,6 +282,7 @@ def load_trainer_state(run_dir: str | Path, model: nn.Module, optimizer: torch.o
         info = json.loads(meta["info"])
     except (KeyError, ValueError):
         raise CheckpointError(f"'{path}' has no trainer metadata; it is not a scratchgpt trainer state") from None
+    check(info, TRAINER_INFO, f"'{path}' is not a scratchgpt trainer state", CheckpointError)
     _assign(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -288,6 +344,7 @@ def init_from_run(cfg: Config, data_tokenizer: Tokenizer) -> tuple[Config, dict[
         m = replace(m, block_size=base.model.block_size)
     if m.block_size > base.model.block_size:
         raise ConfigError(f"'model.block_size' is {m.block_size} but '{src}' has only {base.model.block_size} positions")
+    check_weights_file(base.model, weights_path(src, "best"), src / CONFIG)
     model = build_model(base.model)
     load_weights(weights_path(src, "best"), model)
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -33,7 +33,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
         if len(inputs) > 1:
             raise UserError("`prepare shakespeare_char` takes one --input FILE")
-        meta = prepare_shakespeare_char(inputs[0] if inputs else None, args.out or "data/shakespeare_char")
+        meta = prepare_shakespeare_char(inputs[0] if inputs else None, args.out or "data/shakespeare_char",
+                                        force=args.force)
         out = args.out or "data/shakespeare_char"
     else:
         if not inputs:
@@ -45,7 +46,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
         if wants_corpus(inputs, options):
             done = prepare_corpus(inputs, out, args.tokenizer, val_fraction=args.val_fraction,
-                                  block_size=args.block_size, progress=True, **options)
+                                  block_size=args.block_size, progress=True, force=args.force, **options)
             m = done.meta
             if done.skipped:
                 print(f"{out} is already prepared from these inputs, tokenizer and options; nothing to do",
@@ -59,7 +60,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         from .data import prepare_text
 
         meta = prepare_text(inputs[0], out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
-                            block_size=args.block_size, vocab_size=args.vocab_size)
+                            block_size=args.block_size, vocab_size=args.vocab_size, force=args.force)
     print(f"wrote {out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train and "
           f"{meta['val_tokens']:,} val tokens ({meta['dtype']})", file=sys.stderr)
     return 0
@@ -74,7 +75,7 @@ def _prepare_chat(args: argparse.Namespace, inputs: list[str]) -> int:
     out = args.out or f"data/{Path(inputs[0]).stem}"
     block = read_config(args.run).model.block_size
     meta = prepare_chat(inputs, out, read_tokenizer(args.run), block, val_fraction=args.val_fraction,
-                        source=str(Path(args.run).resolve()))
+                        source=str(Path(args.run).resolve()), force=args.force)
     print(f"wrote {out}: {meta['train_conversations']:,} train and {meta['val_conversations']:,} val conversations, "
           f"{meta['train_tokens']:,} + {meta['val_tokens']:,} tokens, vocab {meta['vocab_size']} with the chat "
           "template", file=sys.stderr)
@@ -336,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="text: .txt, .jsonl or .parquet files, directories of them, or hf:DATASET (streamed into "
                          "shards unless it is one small text file); shakespeare_char: input.txt, else "
                          "$SCRATCHGPT_TINYSHAKESPEARE, else download")
-    pp.add_argument("--out", help="output directory (default data/<name>)")
+    pp.add_argument("--out", help="output directory (default data/<name>): new, empty, or prepared data (replaced; "
+                                  "other files in it are kept)")
+    pp.add_argument("--force", action="store_true",
+                    help="replace prepared data of the other format (text data with chat data, or back)")
     pp.add_argument("--tokenizer", default="char",
                     help="char | word | bpe | spm (learned from the text) | gpt2 | DIR from `tokenizer train`")
     pp.add_argument("--vocab-size", type=VOCAB, help="vocabulary size of bpe and spm (default 4096); caps word")
@@ -440,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors (+ tokenizer)")
     pe.add_argument("--out", required=True, help="directory to write (written whole or not at all)")
     pe.add_argument("--which", choices=["best", "last"], default="best", help="which weights to export")
-    pe.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    pe.add_argument("--force", action="store_true", help="replace an export already in --out (nothing else)")
 
     pl = sub.add_parser("lecture", help="replay the lecture: train its seven steps (bigram to the scaled GPT), "
                                         "write docs/lecture/results.md and progression.png; resumable")
@@ -489,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("import-hf", help="write a run directory from GPT-2 weights (a hub name or a local directory)")
     pi.add_argument("source", help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 directory")
     pi.add_argument("--out", help="run directory (default runs/<source name>)")
-    pi.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    pi.add_argument("--force", action="store_true", help="replace a run already in --out (nothing else)")
     return p
 
 

@@ -13,8 +13,9 @@ the vocabulary fits, else uint32), described by `meta.json`. Does not read the s
   reproducible, independent of the number of workers, and identical documents always land on the same side.
 - `--tokenizer char` builds the vocabulary in a first streaming pass (plus "\\n").
 - The whole directory is built in a hidden staging directory beside it and swapped in when every document
-  is done (`fileio.atomic_dir`; files that are not prepare's outputs are carried over): an interrupted or
-  failed run leaves the previous data complete and usable, and the next run removes its staging.
+  is done (`outputs.claim(...).stage()`: only into a new or empty directory or prepared data; files that are
+  not prepare's outputs are carried over): an interrupted or failed run leaves the previous data complete
+  and usable, and the next run removes its staging.
   `meta.json` holds a fingerprint of the inputs (paths, sizes, mtimes), the tokenizer and the options;
   rerunning with a matching fingerprint and intact shards is a no-op.
 """
@@ -25,7 +26,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import re
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from . import outputs
 from .corpus_sources import Source, check_sources, expand_inputs, parse_jsonl, read_documents
 from .errors import DataError
-from .fileio import atomic_dir
 from .tokenizers import CharTokenizer, Tokenizer
 
 CORPUS_FORMAT = 2  # meta.json with a "shards" list (format 1: one train.bin and val.bin)
@@ -47,14 +47,6 @@ BATCH_DOCS = 4096
 IN_FLIGHT_PER_WORKER = 2
 EOT = "<|endoftext|>"
 CHAR_SEPARATOR = "\n\n"
-_OUTPUT_NAME = re.compile(r"meta\.json|(train|val)(_\d+)?\.bin|\.prepare-.*")  # .prepare-*: older staging
-
-
-def is_prepared_output(name: str) -> bool:
-    """Whether a file in a data directory is prepare's (replaced by a new prepare) rather than the user's."""
-    return _OUTPUT_NAME.fullmatch(name) is not None
-
-
 @dataclass
 class Prepared:
     meta: dict[str, Any]
@@ -297,17 +289,22 @@ def prepare_corpus(
     hf_split: str = "train",
     block_size: int = 8,
     progress: bool = False,
+    force: bool = False,
 ) -> Prepared:
     """Tokenize text/JSONL/Parquet files, directories of them or `hf:NAME` datasets into sharded out_dir.
 
-    tokenizer: a name (`char`, `gpt2`, a tokenizer directory) or a tokenizer object. Checks that need no
-    tokenizing run before anything is written; a failure later leaves out_dir as it was.
+    tokenizer: a name (`char`, `gpt2`, a tokenizer directory) or a tokenizer object. out_dir must be new,
+    empty or prepared data (`outputs.claim`; chat data only with `force`). Checks that need no tokenizing run
+    before anything is written; a failure later leaves out_dir as it was.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val fraction must be between 0 and 1, got {val_fraction}")
     if shard_tokens < 1:
         raise DataError(f"--shard-tokens must be at least 1, got {shard_tokens}")
-    sources = expand_inputs([str(i) for i in inputs])
+    inputs = [str(i) for i in inputs]
+    target = outputs.claim(out_dir, outputs.DATA, "prepare text", force=force, variant="text",
+                           inputs=[i for i in inputs if not i.startswith("hf:")])
+    sources = expand_inputs(inputs)
     check_sources(sources, text_field, txt_docs)
     tok = resolve_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     tokenizer_id = "char" if tok is None else hashlib.sha256(
@@ -315,12 +312,11 @@ def prepare_corpus(
     options = {"val_fraction": val_fraction, "shard_tokens": shard_tokens, "text_field": text_field,
                "txt_docs": txt_docs, "hf_config": hf_config, "hf_split": hf_split}
     fingerprint = _fingerprint(sources, tokenizer_id, options)
-    out = Path(out_dir)
-    if (done := _finished(out, fingerprint)) is not None:
+    if (done := _finished(target.target, fingerprint)) is not None:
         return Prepared(done, skipped=True)
 
     workers = max(1, workers or _usable_cores())
-    with atomic_dir(out, carry=lambda name: not is_prepared_output(name)) as staging:
+    with target.stage() as staging:
         meta = _build(sources, staging, tok, workers, progress, block_size=block_size, val_fraction=val_fraction,
                       shard_tokens=shard_tokens, text_field=text_field, txt_docs=txt_docs, hf_config=hf_config,
                       hf_split=hf_split)

@@ -6,9 +6,10 @@ by one; pinned and non-blocking on CUDA). A split is one `{split}.bin`, or, when
 (written by `corpus.prepare_corpus`), several files read as if laid end to end. Does not know models or
 training.
 
-A prepared directory is written whole or not at all: `prepare_text` builds it in a staging directory beside
-the target and swaps it in (`fileio.atomic_dir`), carrying over files that are not its outputs (such as a
-downloaded input.txt), so an interrupted re-prepare leaves the old data complete. Loading checks the files
+A prepared directory is written whole or not at all, and only where `outputs.claim` allows (a new or empty
+directory, or prepared data): `prepare_text` builds it in a staging directory beside the target and swaps it
+in (`Claim.stage`), carrying over files that are not its outputs (such as a downloaded input.txt), so an
+interrupted re-prepare leaves the old data complete. Loading checks the files
 against `meta.json` (each file's size against its token count and dtype, the dtype against the vocabulary,
 the vocabulary against the tokenizer JSON where that is cheap) and calls a damaged directory one sentence.
 """
@@ -26,9 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import outputs
 from .distributed import shard_bounds
 from .errors import DataError
-from .fileio import atomic_dir, atomic_path, read_utf8, sha256_file
+from .fileio import atomic_path, read_utf8, sha256_file
+from .schema import Int, ListOf, OneOf, Opt, Str, read_json
 from .tokenizers import Tokenizer, build_tokenizer
 
 META_FORMAT = 1
@@ -48,16 +51,19 @@ def prepare_text(
     val_fraction: float = 0.1,
     block_size: int = 8,
     vocab_size: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Tokenize one UTF-8 file into out_dir (first 1 - val_fraction for train, the rest for val).
 
     tokenizer: char | word | bpe | spm (learned from this text; vocab_size caps word, sets bpe and spm),
     gpt2, a directory holding tokenizer.json, or a tokenizer object.
-    Every check runs before anything is written, and out_dir is replaced in one step, so a failure or a
-    kill leaves out_dir as it was.
+    out_dir must be new, empty or prepared data (`outputs.claim`; chat data only with `force`). Every check
+    runs before anything is written, and out_dir is replaced in one step, so a failure or a kill leaves
+    out_dir as it was.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val fraction must be between 0 and 1, got {val_fraction}")
+    out = outputs.claim(out_dir, outputs.DATA, "prepare text", force=force, variant="text", inputs=[input_path])
     text = read_utf8(input_path)
     tok = build_tokenizer(tokenizer, text, vocab_size) if isinstance(tokenizer, str) else tokenizer
     ids = tok.encode_array(text) if hasattr(tok, "encode_array") else np.asarray(tok.encode(text), dtype=np.int64)
@@ -69,8 +75,6 @@ def prepare_text(
                 f"input file '{input_path}' is too short: its {name} split has {len(part)} tokens, fewer than "
                 f"one block of {block_size} + 1 (use a longer file or pass a smaller --block-size)"
             )
-    from .corpus import is_prepared_output
-
     dtype = np.dtype(np.uint16) if tok.vocab_size <= 65536 else np.dtype(np.uint32)
     meta = {
         "format": META_FORMAT,
@@ -82,7 +86,7 @@ def prepare_text(
         "source": str(Path(input_path).resolve()),
         "source_sha256": sha256_file(input_path),
     }
-    with atomic_dir(out_dir, carry=lambda name: not is_prepared_output(name)) as stage:
+    with out.stage() as stage:
         for name, part in splits.items():
             _write_ids(stage / f"{name}.bin", part, dtype)
         (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -105,36 +109,54 @@ def fetch_shakespeare(dest: Path, instead: str = f"pass --input PATH or set {SHA
 
 def shakespeare_source(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char") -> Path:
     """Tiny Shakespeare's text file: input_path, else $SCRATCHGPT_TINYSHAKESPEARE, else out_dir/input.txt
-    (downloaded there the first time)."""
+    (downloaded there the first time, once out_dir is known to be one prepare may write)."""
     src = input_path or os.environ.get(SHAKESPEARE_ENV)
     if src:
         return Path(src)
     dest = Path(out_dir) / "input.txt"
-    return dest if dest.is_file() else fetch_shakespeare(dest)
+    if not dest.is_file():
+        outputs.claim(Path(out_dir), outputs.DATA, "prepare shakespeare_char", variant="text", inputs=[dest])
+        fetch_shakespeare(dest)
+    return dest
 
 
-def prepare_shakespeare_char(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char") -> dict[str, Any]:
-    """Prepare tiny Shakespeare at character level: from --input, else $SCRATCHGPT_TINYSHAKESPEARE, else the web."""
-    return prepare_text(shakespeare_source(input_path, out_dir), out_dir, tokenizer="char")
+def prepare_shakespeare_char(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char",
+                             force: bool = False) -> dict[str, Any]:
+    """Prepare tiny Shakespeare at character level: from --input, else $SCRATCHGPT_TINYSHAKESPEARE, else the web
+    (downloaded into out_dir/input.txt, once out_dir is known to be one prepare may write)."""
+    out = Path(out_dir)
+    src = input_path or os.environ.get(SHAKESPEARE_ENV) or out / "input.txt"
+    outputs.claim(out, outputs.DATA, "prepare shakespeare_char", force=force, variant="text", inputs=[src])
+    if not Path(src).is_file() and Path(src) == out / "input.txt":
+        fetch_shakespeare(Path(src))
+    return prepare_text(src, out, tokenizer="char", force=force)
+
+
+_TOKENS = Int(0)
+_SHARDS = ListOf({"file": Str(), "tokens": _TOKENS})
+# meta.json: what `prepare` writes (text, corpus shards, chat data) and what a hand-written one must hold
+META = {"tokenizer": {"kind": Str()}, "vocab_size": Int(1, 2**32), "dtype": Str(), "format": Opt(Int(1)),
+        "data_format": Opt(OneOf("text", "chat")), "train_tokens": Opt(_TOKENS), "val_tokens": Opt(_TOKENS),
+        "shards": Opt({"train": _SHARDS, "val": _SHARDS})}
 
 
 def load_meta(data_dir: str | Path) -> dict[str, Any]:
-    """Read a prepared directory's meta.json; a missing or incomplete directory names `scratchgpt prepare`."""
+    """Read a prepared directory's meta.json (checked against `META`: one sentence for what is wrong); a missing
+    or incomplete directory names `scratchgpt prepare`."""
     d = Path(data_dir)
     meta_path = d / "meta.json"
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise DataError(
             f"data directory '{d}' is not prepared (no meta.json); run `scratchgpt prepare shakespeare_char` "
             f"or `scratchgpt prepare text --input FILE --out {d}` first"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        meta["vocab_size"] = int(meta["vocab_size"])
-        dtype = np.dtype(meta["dtype"])
-        files = _expected_files(meta)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise DataError(f"'{meta_path}' is damaged; prepare the data again") from None
     again = f"prepare '{d}' again"
+    meta = read_json(meta_path, f"'{meta_path}' is damaged", DataError, f"; {again}", META)
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except TypeError:
+        raise DataError(f"'{meta_path}' is damaged: 'dtype' {meta['dtype']!r} is not a type of ids; {again}") from None
+    files = _expected_files(meta)
     vocab = meta["vocab_size"]
     if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)) or not 1 <= vocab <= 2 ** (8 * dtype.itemsize):
         raise DataError(f"'{meta_path}' is damaged: {dtype.name} ids cannot hold a vocabulary of {vocab}; {again}")
@@ -159,9 +181,8 @@ def _expected_files(meta: dict[str, Any]) -> list[tuple[str, int | None]]:
     """(file name, token count) of every token file meta.json describes (None: a hand-written meta.json
     without counts, where only whole ids can be checked)."""
     if "shards" in meta:
-        return [(str(e["file"]), int(e["tokens"])) for split in ("train", "val") for e in meta["shards"][split]]
-    counts = {split: meta.get(f"{split}_tokens") for split in ("train", "val")}
-    return [(f"{split}.bin", None if n is None else int(n)) for split, n in counts.items()]
+        return [(e["file"], e["tokens"]) for split in ("train", "val") for e in meta["shards"][split]]
+    return [(f"{split}.bin", meta.get(f"{split}_tokens")) for split in ("train", "val")]
 
 
 def _declared_vocab(tok: Any) -> int | None:

@@ -21,7 +21,8 @@ Figures: loss = mean -ln p over the scored tokens (nats), perplexity = exp(loss)
 -ln p / ln 2 / the UTF-8 bytes those tokens cover, which are the text's bytes less the first token's. Bytes,
 unlike tokens, are the same whatever the tokenizer, so char, BPE and GPT-2 models are compared on it.
 
-Multiple choice: a JSONL line `{"context": str, "choices": [str, ...], "label": int}`. Each choice is scored
+Multiple choice: a JSONL line `{"context": str, "choices": [str, ...], "label": int}` (at most
+`limits.MAX_CHOICES` choices, a line at most `limits.MAX_LINE_BYTES`: both refused as the file is read). Each choice is scored
 as a continuation of the context: the sum of its tokens' log-probabilities given the context (trailing
 whitespace of the context moves to the choice, and the choice's tokens are those of context + choice after
 the context's, as lm-evaluation-harness does). accuracy: the best sum is the label; length-normalised
@@ -30,7 +31,6 @@ accuracy: the best sum divided by the choice's length in characters (lm-evaluati
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +44,9 @@ import torch.nn as nn
 from .console import ProgressBar, progress_bar
 from .errors import DataError, UserError
 from .fileio import read_utf8
+from .limits import MAX_CHOICES
 from .runtime import Runtime
+from .schema import ListOf, Str, read_jsonl
 
 LN2 = math.log(2.0)
 SOFTMAX_ROWS = 2048  # positions per float32 log-softmax: 2048 x GPT-2's 50,257 logits is 400 MB
@@ -216,38 +218,18 @@ def _bad_line(path: str | Path, line: int, why: str) -> DataError:
     return DataError(f"choices file '{path}' line {line}: {why}")
 
 
-def _question(obj: Any, path: str | Path, line: int) -> Question:
-    if not isinstance(obj, dict):
-        raise _bad_line(path, line, 'expected an object {"context": ..., "choices": [...], "label": ...}')
-    for key in ("context", "choices", "label"):
-        if key not in obj:
-            raise _bad_line(path, line, f"the field '{key}' is missing")
-    context, choices, label = obj["context"], obj["choices"], obj["label"]
-    if not isinstance(context, str):
-        raise _bad_line(path, line, f"'context' must be a string, got {type(context).__name__}")
-    if not isinstance(choices, list) or not choices:
-        raise _bad_line(path, line, "'choices' must be a non-empty list of strings")
-    for k, c in enumerate(choices):
-        if not isinstance(c, str) or not c:
-            raise _bad_line(path, line, f"choice {k} must be a non-empty string, got {c!r}")
-    if isinstance(label, bool) or not isinstance(label, int):
-        raise _bad_line(path, line, f"'label' must be an integer, got {label!r}")
-    if not 0 <= label < len(choices):
-        raise _bad_line(path, line, f"'label' {label} is not the index of one of its {len(choices)} choices")
-    return Question(context, tuple(choices), label, line)
+# a line of the choices file (schema.py); the label is then checked against the number of choices
+QUESTION = {"context": Str(empty=True), "choices": ListOf(Str(), least=1, most=MAX_CHOICES), "label": int}
 
 
 def read_choices(path: str | Path) -> list[Question]:
-    """The questions of a JSONL file (blank lines skipped); a bad line is a DataError naming it."""
+    """The questions of a JSONL file (blank lines skipped); a bad line is a DataError naming it. A line longer
+    than `limits.MAX_LINE_BYTES` or a question of more than `limits.MAX_CHOICES` choices is refused as it is read."""
     questions = []
-    for n, line in enumerate(read_utf8(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise _bad_line(path, n, "not valid JSON") from None
-        questions.append(_question(obj, path, n))
+    for n, obj in read_jsonl(path, QUESTION, "choices file"):
+        if not 0 <= obj["label"] < len(obj["choices"]):
+            raise _bad_line(path, n, f"'label' {obj['label']} is not the index of one of its {len(obj['choices'])} choices")
+        questions.append(Question(obj["context"], tuple(obj["choices"]), obj["label"], n))
     if not questions:
         raise DataError(f"choices file '{path}' holds no questions (only blank lines)")
     return questions

@@ -293,8 +293,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def read_utf8(path: str | Path) -> str:
-    """Read a whole file as UTF-8; missing, empty or undecodable files are a DataError."""
+    """Read a whole file as UTF-8; missing, empty or undecodable files (or a directory) are a DataError."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"input file '{path}' is a directory; give a file")
     if not path.is_file():
         raise DataError(f"input file '{path}' not found")
     raw = path.read_bytes()

@@ -9,6 +9,9 @@ contents.
 
     runs/lecture/<budget>/<step>/   a run directory per step, plus `lecture.json`: the finished marker,
                                     holding the step's measured numbers and its 200-character sample
+
+`--runs` must be new, empty or the lecture's (`outputs.claim`: directories of step directories); a stale
+step's run is replaced as `train --force` replaces one, never anything that is not a run.
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ from .data import load_meta
 from .errors import UserError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .generate import generate
+from .outputs import LECTURE, claim
 from .plots import pyplot, save_figure
 from .resources import shipped
 from .runtime import resolve_device, set_threads
+from .schema import Int, read_json
 from .train import train
 
 MARKER = "lecture.json"
 NOTEBOOK = "docs/lecture/lecture.ipynb"  # the lecture as a notebook, shipped (`write_notebook`)
+# a finished step's marker, as results.md and the plot read it (schema.py); a damaged one is not finished
+STEP_MARKER = {"step": str, "config": dict, "iters": Int(0), "params": Int(0), "train_loss": float,
+               "val_loss": float, "seconds": float, "cpu_seconds": float, "sample": str, "machine": str, "date": str}
 SAMPLE_CHARS, SAMPLE_SEED = 200, 1337
 
 
@@ -175,12 +183,13 @@ def _trained_step(run_dir: Path) -> int:
 
 
 def _finished(run_dir: Path, identity: dict[str, Any], max_iters: int) -> dict[str, Any] | None:
-    """The step's marker if it finished with this very config, else None."""
+    """The step's marker if it finished with this very config (the marker's and the run's), else None."""
     try:
-        marker = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        marker = read_json(run_dir / MARKER, f"'{run_dir / MARKER}' is damaged", spec=STEP_MARKER)
+    except UserError:  # missing or damaged: the step is trained again
         return None
-    if not same_run(marker.get("config"), identity) or _trained_step(run_dir) < max_iters:
+    if (not same_run(marker.get("config"), identity)
+            or not same_run(_run_identity(run_dir), identity) or _trained_step(run_dir) < max_iters):
         return None
     return marker
 
@@ -202,9 +211,9 @@ def machine_description(device: torch.device) -> str:
 
 def _train_step(step: Step, cfg: Config, run_dir: Path, identity: dict[str, Any], device: torch.device,
                 progress: bool) -> dict[str, Any]:
-    """Train (or resume) one step, sample from it, and write its marker."""
+    """Train (or resume) one step, sample from it, and write its marker (a stale one stays until then: `_finished`
+    checks the run's own config too)."""
     marker = run_dir / MARKER
-    marker.unlink(missing_ok=True)
     resume = run_dir if same_run(_run_identity(run_dir), identity) and 0 <= _trained_step(run_dir) else None
     prior = 0.0
     if resume is not None:
@@ -234,6 +243,7 @@ def run_lecture(budget: str = "cpu", device: str = "auto", data_dir: str | Path 
     """Train every step not yet done, in the lecture's order, then write results.md and progression.png."""
     if budget not in BUDGETS:
         raise UserError(f"budget must be one of {', '.join(PUBLIC_BUDGETS)}, got {budget!r}")
+    claim(runs_dir, LECTURE, "lecture", flag="--runs")  # each step's run then goes through train's own claim
     start = time.time()
     recipes = recipes_dir()
     dev = resolve_device(device)

@@ -1,7 +1,8 @@
 """Allowed ranges of numbers, checked before any work starts, each refusal one sentence.
 
 Owns `Range` (bounds, open or closed, plus "finite" for every float: NaN and infinity are never a setting)
-and the few bounds several places share (`INT64_MAX`, `MAX_THREADS`, `MAX_BATCH`, `MAX_NEW_TOKENS_CAP`).
+and the few bounds several places share (`INT64_MAX`, `MAX_THREADS`, `MAX_BATCH`, `MAX_NEW_TOKENS_CAP`, and
+the input limits `MAX_LINE_BYTES` and `MAX_CHOICES`).
 `config.py` gives each config key a Range and `cli.py` each numeric flag; both phrase a refusal the same
 way: "'train.beta1' must be a number in [0, 1), got 1.5" / "--val-fraction must be a number in (0, 1), got 1.0".
 Imports nothing heavy (no torch): the CLI parser uses it before deciding what to load.
@@ -18,6 +19,8 @@ UINT64_MAX = 2**64 - 1
 MAX_THREADS = 4096  # torch.set_num_threads beyond this is a typo, and each thread costs a stack
 MAX_BATCH = 2**24  # rows of one batch; more is a typo long before it is a machine
 MAX_NEW_TOKENS_CAP = 100_000  # documented in the README; more is almost surely a typo
+MAX_LINE_BYTES = 4 << 20  # one line of a JSON Lines input (eval --choices, prepare chat): refused before it is held
+MAX_CHOICES = 1024  # choices of one multiple-choice question (each is a forward pass): benchmarks have 2 to 10
 
 
 @dataclass(frozen=True)

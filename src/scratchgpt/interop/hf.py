@@ -30,11 +30,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import checkpoint as ckpt
+from .. import outputs
 from ..config import Config, ConfigError, DataConfig, ModelConfig
 from ..errors import CheckpointError, UserError
-from ..fileio import atomic_dir
-from ..models import build_model
-from ..models.gpt import GPT
+from ..models import build_model, expected_shapes
+from ..schema import MapOf, Str, read_json
 from ..tokenizers import Tokenizer
 from ..tokenizers.gpt2 import load_gpt2
 from .hf_tokenizer import hf_tokenizer_files, is_gpt2_vocab, read_hf_vocab
@@ -87,12 +87,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.is_file():
         raise CheckpointError(f"'{directory}' has no config.json; it is not a Hugging Face model directory")
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"'{path}' is not valid JSON") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"'{path}' is not a JSON object")
+    hf = read_json(path, f"'{path}' is damaged", CheckpointError, spec=dict)  # its fields: model_config_from_hf
     kind = hf.get("model_type")
     if kind != "gpt2":
         archs = hf.get("architectures")
@@ -142,61 +137,62 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"'{path}' is not a valid safetensors file (corrupt or truncated?): {e}") from None
 
 
-def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of model.safetensors, or of the shards model.safetensors.index.json names."""
+def _hf_weight_files(directory: Path) -> list[Path]:
+    """model.safetensors, or the shards model.safetensors.index.json names."""
     single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
     if single.is_file():
-        return _load_safetensors(single)
+        return [single]
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-            raise CheckpointError(f"'{index}' is damaged (no weight_map)") from None
-        tensors: dict[str, torch.Tensor] = {}
+        index_json = read_json(index, f"'{index}' is damaged", CheckpointError, spec={"weight_map": MapOf(Str())})
+        shards = sorted(set(index_json["weight_map"].values()))
         for shard in shards:
             if Path(shard).name != shard:
                 raise CheckpointError(f"'{index}' names a shard outside its directory: {shard!r}")
-            tensors.update(_load_safetensors(directory / shard))
-        return tensors
+        return [directory / shard for shard in shards]
     if (directory / "pytorch_model.bin").is_file():
         raise CheckpointError(f"'{directory}' holds only pytorch_model.bin, a pickle, which scratchgpt does not load; "
                               "save it as safetensors first (save_pretrained(..., safe_serialization=True))")
     raise CheckpointError(f"'{directory}' has no model.safetensors (nor model.safetensors.index.json)")
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Our state dict's names and shapes for cfg, computed on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        model = GPT(cfg)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors, or of the shards model.safetensors.index.json names."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in _hf_weight_files(directory):
+        tensors.update(_load_safetensors(path))
+    return tensors
+
+
+def read_hf_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the files' headers alone (nothing is read into memory)."""
+    return {name: shape for path in _hf_weight_files(directory) for name, (shape, _) in ckpt.read_header(path).items()}
 
 
 def _hf_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape[::-1] if name.endswith(CONV1D) else shape
 
 
+def _ours(hf_name: str, tied: bool) -> str | None:
+    """Our name for a GPT-2 tensor; None for what we do not keep (mask buffers, a tied head)."""
+    name = hf_name.removeprefix("transformer.")
+    return None if name.endswith(MASK_BUFFERS) or (name == "lm_head.weight" and tied) else name
+
+
+def check_hf_shapes(shapes: dict[str, tuple[int, ...]], cfg: ModelConfig, source: str) -> None:
+    """GPT-2 tensor names and shapes (from the files' headers, or the tensors) against what its config.json
+    implies (`checkpoint.check_shapes`: the layer count first, so nothing is built for a damaged n_layer)."""
+    ours = {n: _hf_shape(n, shape) for hf_name, shape in shapes.items() if (n := _ours(hf_name, cfg.tie_weights))}
+    ckpt.check_shapes(cfg, ours, source, "its config.json")
+
+
 def state_from_hf(tensors: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> dict[str, torch.Tensor]:
     """GPT-2 tensors -> our state dict (float32, Conv1D weights transposed); names and shapes all checked."""
-    expected = expected_shapes(cfg)
-    tied = cfg.tie_weights
+    check_hf_shapes({k: tuple(t.shape) for k, t in tensors.items()}, cfg, source)
     out: dict[str, torch.Tensor] = {}
     for hf_name, t in tensors.items():
-        name = hf_name.removeprefix("transformer.")
-        if name.endswith(MASK_BUFFERS) or (name == "lm_head.weight" and tied):
-            continue  # masks are rebuilt by attention; a tied head is wte itself
-        if name not in expected:
-            raise CheckpointError(f"'{source}' holds '{hf_name}', which a GPT-2 of its config.json does not have")
-        want = _hf_shape(name, expected[name])
-        if tuple(t.shape) != want:
-            raise CheckpointError(f"'{source}' does not match its config.json: '{hf_name}' is {tuple(t.shape)} "
-                                  f"but n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, vocab_size {cfg.vocab_size}, "
-                                  f"n_positions {cfg.block_size} need {want}")
-        t = t.t() if name.endswith(CONV1D) else t
-        out[name] = t.to(torch.float32).contiguous()
-    missing = [n for n in expected if n not in out and not (n == "lm_head.weight" and tied)]
-    if missing:
-        raise CheckpointError(f"'{source}' lacks 'transformer.{missing[0]}' that its config.json implies")
+        if (name := _ours(hf_name, cfg.tie_weights)) is not None:
+            t = t.t() if name.endswith(CONV1D) else t
+            out[name] = t.to(torch.float32).contiguous()
     return out
 
 
@@ -212,6 +208,7 @@ def load_pretrained(name_or_path: str) -> tuple[ModelConfig, dict[str, torch.Ten
     """(config, our state dict, tokenizer or None) of a GPT-2 hub name or Hugging Face directory."""
     directory = resolve_source(name_or_path)
     cfg = model_config_from_hf(read_hf_config(directory), name_or_path)
+    check_hf_shapes(read_hf_shapes(directory), cfg, name_or_path)  # before any tensor is read
     state = state_from_hf(read_hf_tensors(directory), cfg, name_or_path)
     return cfg, state, tokenizer_from_hf(directory)
 
@@ -262,27 +259,25 @@ def apply_init_from(cfg: Config, data_tokenizer: Tokenizer) -> tuple[Config, dic
     return replace(cfg, model=model_cfg), state
 
 
-def _check_out(out: Path, force: bool, keep: Path | None = None) -> None:
-    """Refuse an existing non-empty output (unless force) and one that is, or holds, what we read from."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"'{out}' exists and is not a directory")
+def _check_out(out: Path, kind: outputs.Kind, command: str, force: bool, keep: Path | None = None) -> outputs.Claim:
+    """Where `command` may write (`outputs.claim`: new, empty, or its own kind with --force), and never over
+    the directory it reads from."""
     if keep is not None:
         o, k = out.resolve(), keep.resolve()
         if o == k or o in k.parents:
             raise UserError(f"--out '{out}' would replace the directory being read ('{keep}'); choose another")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"'{out}' exists and is not empty; pass --force to replace it")
+    return outputs.claim(out, kind, command, force=force)
 
 
 def import_hf(source: str, out: str | Path, force: bool = False) -> tuple[Path, Tokenizer | None]:
     """Write a run directory (config.json, tokenizer.json when known, model.safetensors) from GPT-2 weights."""
     out = Path(out)
     local = Path(source).expanduser()
-    _check_out(out, force, keep=local if local.is_dir() else None)
+    target = _check_out(out, outputs.RUN, "import-hf", force, keep=local if local.is_dir() else None)
     model_cfg, state, tok = load_pretrained(source)
     model = build_loaded(model_cfg, state)
     cfg = Config(name=out.name, data=DataConfig(dir=""), model=model_cfg)
-    with atomic_dir(out) as tmp:
+    with target.stage() as tmp:
         ckpt.write_run_header(tmp, cfg, tok, model.num_params())
         ckpt.save_weights(tmp / ckpt.MODEL, model, step=0)
     return out, tok
@@ -323,7 +318,7 @@ def hf_config(m: ModelConfig, eot: int | None) -> dict[str, Any]:
 
 def state_to_hf(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict -> GPT-2's names (Conv1D weights transposed; absent biases as zeros; tied head left out)."""
-    full = {name: torch.zeros(shape) for name, shape in expected_shapes(replace(m, bias="gpt2")).items()
+    full = {name: torch.zeros(shape) for name, shape in expected_shapes(replace(m, bias="gpt2")).shapes.items()
             if name.endswith(".bias")}  # zero biases compute what no biases do
     full.update({k: v.detach().to("cpu", torch.float32) for k, v in state.items()})
     out = {}
@@ -340,18 +335,20 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", force: 
     on the tokenizer. The directory appears whole or not at all."""
     run, out = Path(run_dir), Path(out)
     cfg = ckpt.read_config(run)
-    _check_out(out, force, keep=run)
+    target = _check_out(out, outputs.EXPORT, "export", force, keep=run)
     check_exportable(cfg.model)
     try:
         tok = ckpt.read_tokenizer(run)
     except CheckpointError:
         tok = None
+    path = ckpt.weights_path(run, which)
+    ckpt.check_weights_file(cfg.model, path, run / ckpt.CONFIG)  # from the header: nothing built yet
     model = build_model(cfg.model)
-    ckpt.load_weights(ckpt.weights_path(run, which), model)
+    ckpt.load_weights(path, model)
     files, note = hf_tokenizer_files(tok, cfg.model.block_size)
     eot = getattr(tok, "eot_id", None) if files is not None and "tokenizer.json" in files else None
     tensors = state_to_hf(model.state_dict(), cfg.model)
-    with atomic_dir(out) as tmp:
+    with target.stage() as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg.model, eot), indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name, body in (files or {}).items():

@@ -1,8 +1,9 @@
 """Model zoo: `ModelConfig` (a GPT's shape and switches, plus which architecture and where weights start)
 and `build_model`, the mapping from that config to a module (`arch` = gpt | bigram).
 
-Owns the mapping from config to module. Does not own weights I/O (see `checkpoint.py`) or loading
-pretrained weights (`interop/hf.py` reads `init_from`).
+Owns the mapping from config to module, and the state-dict shapes a config implies (`expected_shapes`).
+Does not own weights I/O (see `checkpoint.py`) or loading pretrained weights (`interop/hf.py` reads
+`init_from`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 import torch.nn as nn
 
 from .bigram import BigramLanguageModel
@@ -39,4 +41,29 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return ARCHS[cfg.arch](cfg)
 
 
-__all__ = ["GPT", "GPTConfig", "BigramLanguageModel", "ModelConfig", "build_model"]
+@dataclass(frozen=True)
+class StateShapes:
+    """The state dict a config describes: every name's shape, and which names are another name's very tensor
+    (a tied head: a checkpoint may hold it under its first name only, or under both)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    tied: frozenset[str]
+
+
+def expected_shapes(cfg: ModelConfig) -> StateShapes:
+    """The state dict's names and shapes for cfg, from the model built on the meta device: no memory, no init
+    cost (but one module per layer: check a layer count against the weights first when it may be damaged)."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    shapes: dict[str, tuple[int, ...]] = {}
+    seen: set[int] = set()
+    tied = set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        shapes[name] = tuple(t.shape)
+        if id(t) in seen:  # a tied head is wte's very Parameter
+            tied.add(name)
+        seen.add(id(t))
+    return StateShapes(shapes, frozenset(tied))
+
+
+__all__ = ["GPT", "GPTConfig", "BigramLanguageModel", "ModelConfig", "StateShapes", "build_model", "expected_shapes"]

@@ -1,18 +1,26 @@
 """Serving: an OpenAI-compatible completions API and a playground page (`scratchgpt serve RUN_DIR`).
 
-Owns nothing itself; `app.py` (routes), `schemas.py` (wire format, limits), `scheduler.py` (continuous
-batching) and `static/` (the page) do. Needs the `serve` extra (FastAPI, uvicorn); nothing here is imported by
-`import scratchgpt`, and this module imports its parts only when asked.
+Owns `serve` (load, check the port, run uvicorn) and what a signal does to it; `app.py` (routes),
+`schemas.py` (wire format, limits), `scheduler.py` (continuous batching) and `static/` (the page) own the
+rest. Needs the `serve` extra (FastAPI, uvicorn); nothing here is imported by `import scratchgpt`, and this
+module imports its parts only when asked.
+
+Signals: the first SIGINT or SIGTERM stops taking requests and lets every open stream finish (each ends with
+`data: [DONE]`), then exits 128 + the signal with one line, `error: stopped by SIGTERM; ...`. A second one
+(either) exits at once, with one line and status 128 + its number (130, 143), no traceback: open streams
+are cut, as the user asked. The server writes nothing to disk, so nothing is lost.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+from types import FrameType
 from typing import Any
 
 from ..console import echo
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..runtime import set_threads
 
 __all__ = ["ServeLimits", "ServedModel", "create_app", "load_served", "serve"]
@@ -55,4 +63,26 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = 
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"note: listening on {host}; the API has no authentication, so anyone who can reach it can use it")
     echo(f"serving {app.state.served.name} at http://{host}:{port}/ (OpenAI-compatible API at http://{host}:{port}/v1)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    server = _server_class(uvicorn.Server)(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    server.run()
+    if server.signum is not None:
+        name = signal.Signals(server.signum).name
+        raise Interrupted(f"stopped by {name}; every open stream was finished", server.signum)
+
+
+def _server_class(base: type) -> type:
+    """uvicorn's Server, with our answer to signals (the module docstring): uvicorn's own would re-raise the
+    first signal after shutdown and, on a second Ctrl-C, cut the streams with tracebacks and exit 0."""
+
+    class Server(base):  # type: ignore[misc, valid-type]
+        signum: int | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.signum is not None:  # the second: at once, one line, nothing else runs
+                os.write(2, f"error: stopped at once by a second {signal.Signals(sig).name}; the open streams were "
+                            "cut\n".encode())
+                os._exit(128 + sig)
+            self.signum = sig
+            self.should_exit = True  # uvicorn: stop accepting, let open responses finish, shut down
+
+    return Server

@@ -1,7 +1,7 @@
 """Training a byte-level BPE vocabulary: the algorithm of the lecture, made fast enough for real corpora.
 
 Owns `train_bpe` (texts -> `BPETokenizer`) and `train_bpe_files` (the `scratchgpt tokenizer train` entry:
-files in, a directory with tokenizer.json out). Does not own encoding (`bpe.py`).
+files in, a directory with tokenizer.json out, where `outputs.claim` allows). Does not own encoding (`bpe.py`).
 
 The algorithm: split the text into chunks with the GPT-style regex (merges never cross a chunk boundary),
 then start from the 256 bytes and repeatedly merge the most frequent adjacent pair into a new token.
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fileio import atomic_write_json, read_utf8
+from ..outputs import TOKENIZER, claim
 from .bpe import ENDOFTEXT, BPETokenizer
 from .pretokenize import DEFAULT_PATTERN, SPLIT_PATTERNS, compile_pattern
 
@@ -142,10 +143,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: Sequence[st
 def train_bpe_files(inputs: Sequence[str | Path], vocab_size: int, out_dir: str | Path,
                     special_tokens: Sequence[str] = (ENDOFTEXT,), pattern: str = DEFAULT_PATTERN,
                     progress: Callable[[int, int], None] | None = None) -> BPETokenizer:
-    """Train on UTF-8 files and write out_dir/tokenizer.json; every check runs before anything is written."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output '{out}' exists and is not a directory")
+    """Train on UTF-8 files and write out_dir/tokenizer.json; every check runs before anything is written.
+    out_dir must be new, empty or a tokenizer's (`outputs.claim`); it is swapped in whole, with any other
+    file it held kept."""
+    out = claim(out_dir, TOKENIZER, "tokenizer train", inputs=inputs)
     if pattern not in SPLIT_PATTERNS:
         raise UserError(f"split pattern '{pattern}' is not one of {', '.join(SPLIT_PATTERNS)}")
     check_vocab_size(vocab_size, len(special_tokens))
@@ -153,5 +154,6 @@ def train_bpe_files(inputs: Sequence[str | Path], vocab_size: int, out_dir: str 
         raise UserError("give at least one --input file to train on")
     texts = [read_utf8(p) for p in inputs]
     tok = train_bpe(texts, vocab_size, special_tokens, pattern, progress)
-    atomic_write_json(out / TOKENIZER_FILE, tok.to_json())  # makes out; a refused write is one DiskError sentence
+    with out.stage() as stage:  # a refused write is one DiskError sentence
+        atomic_write_json(stage / TOKENIZER_FILE, tok.to_json())
     return tok

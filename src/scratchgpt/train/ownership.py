@@ -1,8 +1,9 @@
 """Who may write into a run directory, and what a resumed run may change.
 
-Owns `check_target` (a new run never writes into another run's directory unless told to replace it) and
-`check_resume` (`--resume` keeps the run's tokenizer and model: it refuses, naming the key and both values,
-a data directory prepared with another tokenizer or a change to any key that decides the weights or the
+Owns `check_target` (where a new run may write: `outputs.claim`'s rule for a run, so never into another
+run's directory unless told to replace it, nor into anything that is not a run) and `check_resume`
+(`--resume` keeps the run's tokenizer and model: it refuses, naming the key and both values, a data
+directory prepared with another tokenizer or a change to any key that decides the weights or the
 optimizer state). Does not write anything but leftovers of dead processes (`fileio.clean_stale`); writing
 the run directory is `writer.py`'s.
 
@@ -18,15 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import checkpoint as ckpt
+from .. import outputs
 from ..config import Config, to_dict
 from ..data import load_meta
 from ..errors import UserError
 from ..fileio import clean_stale
+from ..outputs import RUN_FILES
 from ..tokenizers import tokenizer_from_json
-
-# Files a training run writes into its directory (everything else there is the user's and is kept).
-RUN_FILES = (ckpt.CONFIG, ckpt.TOKENIZER, ckpt.MODEL, ckpt.MODEL_BEST, ckpt.STATE, ckpt.STATE_JSON,
-             "metrics.jsonl", "loss.png")
 
 # Model keys a resume may change: they do not change the weights' shapes or the function the weights compute
 # at evaluation (dropout acts in training only; both attention paths compute softmax(QK^T / sqrt(d)) V).
@@ -50,17 +49,13 @@ def clean_leftovers(run_dir: Path) -> None:
 
 
 def check_target(run_dir: Path, force: bool) -> bool:
-    """Whether a new run into run_dir replaces an existing run (only with force; refused without)."""
+    """Whether a new run into run_dir replaces an existing run (only with force; refused without). A directory
+    that holds anything but a run, or what a run killed before its first checkpoint left, is refused."""
     clean_leftovers(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run directory '{run_dir}' exists and is not a directory")
-    if not holds_run(run_dir):
-        return False
-    if not force:
-        raise UserError(f"'{run_dir}' already holds a run; continue it with `scratchgpt train --resume {run_dir}`, "
-                        "pass --out to start the new run elsewhere, or --force to replace it (the old run stays "
-                        "until the new one's first checkpoint)")
-    return True
+    held = (f"'{run_dir}' already holds a run; continue it with `scratchgpt train --resume {run_dir}`, pass --out "
+            "to start the new run elsewhere, or --force to replace it (the old run stays until the new one's first "
+            "checkpoint)")
+    return outputs.claim(run_dir, outputs.RUN, "train", force=force, held=held).replaces
 
 
 def check_resume(cfg: Config, run_dir: str | Path) -> None:
@@ -68,6 +63,8 @@ def check_resume(cfg: Config, run_dir: str | Path) -> None:
     run = Path(run_dir)
     clean_leftovers(run)
     stored = ckpt.read_config(run)  # one sentence when it is not a run directory or config.json is damaged
+    # config.json against the trainer state's header, before any model is built or memory allocated
+    ckpt.check_weights_file(stored.model, run / ckpt.STATE, run / ckpt.CONFIG, prefix="model.")
     _check_tokenizer(run, cfg.data.dir)
     cfg = ckpt.resolved_model_config(cfg, int(load_meta(cfg.data.dir)["vocab_size"]))
     old, new = to_dict(stored), to_dict(cfg)

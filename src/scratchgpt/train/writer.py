@@ -31,6 +31,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
+from .. import outputs
 from ..fileio import append_text, atomic_write_text, staging_dir, swap_in, writing
 from ..plots import plot_loss, read_metrics
 from .ownership import RUN_FILES, resumed_config_changed
@@ -118,7 +119,7 @@ class RunWriter:
                 ckpt.write_run_header(out, setup.cfg, setup.tokenizer, setup.n_params)
             if self.staging is not None:
                 with writing(self.run_dir, f"the previous run in '{self.run_dir}' is unchanged"):
-                    swap_in(self.staging, self.run_dir, carry=lambda name: name not in RUN_FILES)  # the user's files
+                    swap_in(self.staging, self.run_dir, carry=outputs.RUN.carry)  # the user's files
                 self.staging = None
         self.header_pending = False
         D.barrier(setup.dist, setup.rt.device)  # the others wait until the checkpoint is whole
