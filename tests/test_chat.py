@@ -144,7 +144,7 @@ def test_bad_conversation_files_name_the_line(base_run, tmp_path, capsys):
 def test_fine_tuning_grows_the_vocabulary_and_learns_only_the_replies(sft_run, base_run):
     base_model, base_tok, _ = ckpt.load_model(base_run)
     model, tok, cfg = ckpt.load_model(sft_run, which="last")
-    assert chat.has_template(tok) and tok.vocab_size == base_tok.vocab_size + 6
+    assert tok.has_chat_template() and tok.vocab_size == base_tok.vocab_size + 6
     assert cfg.model.vocab_size == base_model.config.vocab_size + 6 and cfg.data.format == "chat"
     assert cfg.model.n_embd == base_model.config.n_embd  # the base run's shape
     rows = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
@@ -331,7 +331,7 @@ def test_the_gpt2_recipe_fine_tunes_an_imported_gpt2_offline(tmp_path, capsys):
                      "--train.eval_iters=1", "--train.batch_size=2", "--train.grad_accum_steps=1",
                      "--train.device=cpu"]) == 0
     tok = ckpt.read_tokenizer(out)
-    assert tok.kind == "gpt2" and chat.has_template(tok)
+    assert tok.kind == "gpt2" and tok.has_chat_template()
     assert tok.special_tokens["<|system_start|>"] == len(vocab)  # right after <|endoftext|>
     assert ckpt.read_config(out).model.block_size == 64  # the imported model's context
     import scratchgpt

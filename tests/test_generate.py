@@ -14,12 +14,12 @@ from scratchgpt.generate import DecodeCore, Engine, Request, keep_after_slide
 from scratchgpt.models.bigram import BigramLanguageModel
 from scratchgpt.models.gpt import GPT, GPTConfig
 from scratchgpt.sampling import MAX_NEW_TOKENS_CAP, SamplingSettings, TextStream
-from scratchgpt.tokenizers import CharTokenizer
+from scratchgpt.tokenizers import CharTokenizer, Tokenizer
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65
 
 
-class ByteTokenizer:
+class ByteTokenizer(Tokenizer):
     """Byte-level stand-in for a BPE tokenizer: ids 0..255 are bytes, so one character can span tokens."""
 
     kind = "bytes"

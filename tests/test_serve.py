@@ -22,7 +22,7 @@ from scratchgpt.models.bigram import BigramLanguageModel  # noqa: E402
 from scratchgpt.sampling import SamplingSettings  # noqa: E402
 from scratchgpt.serve import ServeLimits, create_app  # noqa: E402
 from scratchgpt.serve.scheduler import Scheduler  # noqa: E402
-from scratchgpt.tokenizers import CharTokenizer  # noqa: E402
+from scratchgpt.tokenizers import CharTokenizer, Tokenizer  # noqa: E402
 from serve_util import held_after, make_run, running_server, wait_for  # noqa: E402
 
 LIMITS = ServeLimits(max_batch=8, max_tokens=300, max_n=4, max_prompt_tokens=100, max_waiting=16)
@@ -182,7 +182,7 @@ def test_bpe_model_streams_whole_characters_and_stops_at_endoftext():
         sched.stop()
 
 
-class FlakyTokenizer:
+class FlakyTokenizer(Tokenizer):
     """The char tokenizer, except that decoding text that starts with "\u00a7" (after the first token) fails:
     a job whose prompt ends in two of them breaks while generating (its text stream decodes the last two
     prompt tokens with each new one), and must break alone."""
@@ -399,7 +399,7 @@ def test_damaged_optional_run_files_never_stop_serving(run_dir, tmp_path):
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
 
 
-class SlowTokenizer:
+class SlowTokenizer(Tokenizer):
     """A tokenizer that takes a second to encode a prompt that asks for it."""
 
     def __init__(self, inner):

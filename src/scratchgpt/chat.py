@@ -2,7 +2,8 @@
 
 Owns the special tokens (`SPECIALS`), `Message` and `parse_messages` (OpenAI-style `{"role", "content"}`
 lists checked into one clear error each), `chat_tokenizer` (a run's tokenizer with the specials added: BPE
-and GPT-2 get added special tokens, the char tokenizer reserved ids after its characters), `render`
+and GPT-2 get added special tokens, the char tokenizer reserved ids after its characters; whether a tokenizer
+has them is its own `has_chat_template()` / `require_chat_template()`), `render`
 (messages -> token ids, and which ids are targets to learn) and `prompt_ids` (messages up to the start of
 the assistant's reply, for generation), and `stop_ids` (what ends a reply). Does not own training, the
 loader or the engine; they call these.
@@ -25,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from .errors import ChatError
+from .tokenizers.base import CHAT_SPECIALS, Tokenizer
 
 ROLES = ("system", "user", "assistant")
-SPECIALS = tuple(f"<|{role}_{edge}|>" for role in ROLES for edge in ("start", "end"))
+SPECIALS = CHAT_SPECIALS  # <|system_start|>, <|system_end|>, <|user_start|>, ... (tokenizers/base.py)
 MAX_MESSAGES = 1024
 
 
@@ -36,10 +38,6 @@ MAX_MESSAGES = 1024
 class Message:
     role: str  # system | user | assistant
     content: str
-
-
-class ChatError(UserError):
-    """A conversation that is not one: an unknown role, empty messages, a run without the template."""
 
 
 def parse_messages(obj: Any, where: str = "messages") -> list[Message]:
@@ -64,38 +62,26 @@ def parse_messages(obj: Any, where: str = "messages") -> list[Message]:
     return out
 
 
-def chat_tokenizer(tokenizer):
+def chat_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     """The tokenizer with the chat template's special tokens (a tokenizer that has them is returned as is)."""
-    if has_template(tokenizer):
+    if tokenizer.has_chat_template():
         return tokenizer
-    grow = getattr(tokenizer, "with_special_tokens", None)
-    if grow is None:
-        raise ChatError(f"the {getattr(tokenizer, 'kind', 'given')} tokenizer cannot hold the chat template's special "
-                        "tokens; chat needs a char, bpe or gpt2 tokenizer")
-    return grow(list(SPECIALS))
+    return tokenizer.with_special_tokens(list(SPECIALS))
 
 
-def has_template(tokenizer) -> bool:
-    """Whether a tokenizer holds the chat template (a run fine-tuned for chat, or prepared for it)."""
-    have = getattr(tokenizer, "special_tokens", {}) or {}
-    return all(s in have for s in SPECIALS)
+def _specials(tokenizer: Tokenizer) -> dict[str, int]:
+    tokenizer.require_chat_template()
+    return tokenizer.special_tokens
 
 
-def _special(tokenizer, name: str) -> int:
-    ids = getattr(tokenizer, "special_tokens", {}) or {}
-    if name not in ids:
-        raise ChatError("this run has no chat template (its tokenizer lacks the chat special tokens); fine-tune it "
-                        "on conversations first (data.format = \"chat\")")
-    return ids[name]
-
-
-def render(tokenizer, messages: list[Message]) -> tuple[list[int], list[bool]]:
+def render(tokenizer: Tokenizer, messages: list[Message]) -> tuple[list[int], list[bool]]:
     """Token ids of a whole conversation and, per id, whether it is a target to learn (the assistant's text
     and its closing token)."""
     ids: list[int] = []
     learn: list[bool] = []
+    specials = _specials(tokenizer)
     for m in messages:
-        start, end = _special(tokenizer, f"<|{m.role}_start|>"), _special(tokenizer, f"<|{m.role}_end|>")
+        start, end = specials[f"<|{m.role}_start|>"], specials[f"<|{m.role}_end|>"]
         body = tokenizer.encode(m.content) if m.content else []
         teach = m.role == "assistant"
         ids += [start, *body, end]
@@ -103,22 +89,22 @@ def render(tokenizer, messages: list[Message]) -> tuple[list[int], list[bool]]:
     return ids, learn
 
 
-def prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
+def prompt_ids(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
     """The conversation so far, then `<|assistant_start|>`: what the model continues with its reply."""
     ids, _ = render(tokenizer, messages)
-    return ids + [_special(tokenizer, "<|assistant_start|>")]
+    return ids + [_specials(tokenizer)["<|assistant_start|>"]]
 
 
-def stop_ids(tokenizer) -> frozenset[int]:
+def stop_ids(tokenizer: Tokenizer) -> frozenset[int]:
     """Tokens that end an assistant's reply: its closing token, and any other token of the template (a model
     that starts another turn is done with this one), and <|endoftext|> where there is one. So a reply's text
     never holds a template token."""
-    out = {_special(tokenizer, name) for name in SPECIALS}
-    eot = getattr(tokenizer, "eot_token", None)
-    if isinstance(eot, int):
-        out.add(eot)
+    specials = _specials(tokenizer)
+    out = {specials[name] for name in SPECIALS}
+    if tokenizer.eot_token is not None:
+        out.add(tokenizer.eot_token)
     return frozenset(out)
 
 
-__all__ = ["ChatError", "Message", "ROLES", "SPECIALS", "chat_tokenizer", "has_template", "parse_messages",
+__all__ = ["ChatError", "Message", "ROLES", "SPECIALS", "chat_tokenizer", "parse_messages",
            "prompt_ids", "render", "stop_ids"]

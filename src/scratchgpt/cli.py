@@ -151,7 +151,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .api import load
-    from .chat import ChatError, has_template
     from .repl import run_chat
     from .sampling import SamplingSettings
 
@@ -159,9 +158,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
                                 top_p=args.top_p, seed=args.seed)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
               cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
-    if not has_template(lm.tokenizer):
-        raise ChatError(f"'{args.run_dir}' has no chat template (its tokenizer lacks the chat special tokens); "
-                        "fine-tune it on conversations (data.format = \"chat\") or use `scratchgpt sample`")
+    lm.tokenizer.require_chat_template()
     run_chat(lm.engine, settings, system=args.system)
     return 0
 

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from .errors import DataError, UserError
 from .fileio import read_utf8
 from .runtime import Runtime
+from .tokenizers import Tokenizer
 
 LN2 = math.log(2.0)
 SOFTMAX_ROWS = 2048  # positions per float32 log-softmax: 2048 x GPT-2's 50,257 logits is 400 MB
@@ -148,22 +149,21 @@ class TextScore:
         return self.nats / LN2 / self.scored_bytes
 
 
-def encode(tokenizer: Any, text: str) -> np.ndarray:
+def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
     """The text's ids as plain text (special-token strings are not control tokens here)."""
-    if hasattr(tokenizer, "encode_array"):
-        return tokenizer.encode_array(text)
-    return np.asarray(tokenizer.encode(text), dtype=np.int64)
+    return tokenizer.encode_array(text)
 
 
-def first_token_bytes(tokenizer: Any, ids: np.ndarray, text: str) -> int:
+def first_token_bytes(tokenizer: Tokenizer, ids: np.ndarray, text: str) -> int:
     """UTF-8 bytes of the text's first token, which no window predicts.
 
-    Byte-level tokenizers (bpe, gpt2) know each token's bytes. Otherwise: the token's text when the text starts
-    with it (char, a known word, a SentencePiece piece); else (a word's `<unk>`) the longest prefix of the text
-    that encodes to that one token; else (a SentencePiece byte piece of a character) one byte."""
+    The token's bytes when the text starts with them (every byte-level token; char, a known word, a
+    SentencePiece piece); else (a word's `<unk>`) the longest prefix of the text that encodes to that one token;
+    else (a SentencePiece byte piece of a character) one byte."""
     first = [int(ids[0])]
-    if hasattr(tokenizer, "decode_bytes"):
-        return len(tokenizer.decode_bytes(first))
+    raw = tokenizer.decode_bytes(first)
+    if raw and text.encode("utf-8", errors="surrogatepass").startswith(raw):
+        return len(raw)
     piece = tokenizer.decode(first)
     if piece and text.startswith(piece) and list(encode(tokenizer, piece)) == first:
         return len(piece.encode("utf-8"))
@@ -177,7 +177,7 @@ def first_token_bytes(tokenizer: Any, ids: np.ndarray, text: str) -> int:
     return len(text[:longest].encode("utf-8")) if longest else 1
 
 
-def _encode_text(tokenizer: Any, text: str, name: str) -> np.ndarray:
+def _encode_text(tokenizer: Tokenizer, text: str, name: str) -> np.ndarray:
     try:
         ids = encode(tokenizer, text)
     except UserError as e:
@@ -188,14 +188,14 @@ def _encode_text(tokenizer: Any, text: str, name: str) -> np.ndarray:
     return ids
 
 
-def _score_ids(model: nn.Module, tokenizer: Any, ids: np.ndarray, text: str, block_size: int, stride: int | None,
+def _score_ids(model: nn.Module, tokenizer: Tokenizer, ids: np.ndarray, text: str, block_size: int, stride: int | None,
                batch_size: int, rt: Runtime | None, bar: tqdm | None) -> TextScore:
     logprobs = score_tokens(model, ids, block_size, stride, batch_size, rt, bar)
     scored_bytes = len(text.encode("utf-8", errors="surrogatepass")) - first_token_bytes(tokenizer, ids, text)
     return TextScore(ids.tolist(), logprobs, max(scored_bytes, 1))
 
 
-def score_text(model: nn.Module, tokenizer: Any, text: str, block_size: int, stride: int | None = None,
+def score_text(model: nn.Module, tokenizer: Tokenizer, text: str, block_size: int, stride: int | None = None,
                batch_size: int = 8, rt: Runtime | None = None, bar: tqdm | None = None,
                name: str = "the text") -> TextScore:
     """Tokenize text and score every token after the first (see the module docstring)."""
@@ -254,7 +254,7 @@ def read_choices(path: str | Path) -> list[Question]:
     return questions
 
 
-def _choice_rows(tokenizer: Any, q: Question, block_size: int, path: str | Path) -> list[tuple[list[int], int]]:
+def _choice_rows(tokenizer: Tokenizer, q: Question, block_size: int, path: str | Path) -> list[tuple[list[int], int]]:
     """(token ids of context + choice, cut to block_size + 1 from the left; the choice's token count) per choice."""
     def enc(text: str) -> list[int]:
         try:
@@ -287,7 +287,7 @@ class ChoiceScore:
     logprobs: list[list[float]] = field(repr=False)  # per question, per choice: the sum of ln p of its tokens
 
 
-def score_choices(model: nn.Module, tokenizer: Any, questions: list[Question], block_size: int,
+def score_choices(model: nn.Module, tokenizer: Tokenizer, questions: list[Question], block_size: int,
                   batch_size: int = 8, rt: Runtime | None = None, bar: tqdm | None = None,
                   path: str | Path = "choices") -> ChoiceScore:
     """Accuracy and length-normalised accuracy; choices of similar length share a forward pass (right-padded:

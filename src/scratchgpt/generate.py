@@ -78,9 +78,8 @@ def keep_after_slide(block_size: int, window: str = "half") -> int:
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """Prompt ids; an empty prompt starts from <|endoftext|> if the tokenizer has one, else a newline."""
     if text == "":
-        eot = getattr(tokenizer, "eot_token", None)  # only the byte-level kinds have one
-        if isinstance(eot, int):
-            return [eot]
+        if tokenizer.eot_token is not None:
+            return [tokenizer.eot_token]
         try:
             ids = tokenizer.encode("\n")
         except UserError:
@@ -463,8 +462,8 @@ class Engine:
         self.block_size, self.vocab_size = model.block_size, model.vocab_size
         # a model may pad its vocabulary past the tokenizer's (model.vocab_size above the data's): ids the
         # tokenizer cannot decode are never sampled
-        n_tok = getattr(tokenizer, "vocab_size", None)  # token-level use needs no tokenizer
-        self.vocab_limit = n_tok if isinstance(n_tok, int) and 0 < n_tok < self.vocab_size else None
+        n_tok = tokenizer.vocab_size if tokenizer is not None else None  # token-level use needs no tokenizer
+        self.vocab_limit = n_tok if n_tok is not None and 0 < n_tok < self.vocab_size else None
         self.cuda_graphs, self.fixed_shapes, self.compile = cuda_graphs, fixed_shapes, compile
         self.sync_every = sync_every or (16 if self.device.type == "cuda" else 1)
         self._cores: dict[int, DecodeCore] = {}

@@ -98,10 +98,9 @@ def stop_token_ids(tokenizer, settings: SamplingSettings) -> frozenset[int]:
     """The end-of-text rule, the same for `sample`, the Python API and the server: a row ends at the
     tokenizer's <|endoftext|> (when it has one), unless the settings say `ignore_eos`, and at any of the
     settings' `stop_token_ids` (a chat reply's closing token) whatever `ignore_eos` says."""
-    eot = getattr(tokenizer, "eot_token", None)  # only the byte-level kinds have one
     ids = set(settings.stop_token_ids)
-    if isinstance(eot, int) and not settings.ignore_eos:
-        ids.add(eot)
+    if tokenizer.eot_token is not None and not settings.ignore_eos:
+        ids.add(tokenizer.eot_token)
     return frozenset(ids)
 
 
@@ -145,8 +144,8 @@ class TextStream:
     A piece is released only when it is complete: a trailing U+FFFD (half of a multi-byte character
     split across tokens) is held back for up to a few tokens, and so is any tail that could be the start
     of a stop string. When a stop string appears, the text before it is released and the stream is done.
-    Each new token is decoded together with the two ids before it, so tokenizers whose pieces depend on
-    their neighbours (leading spaces) still decode right.
+    Each new token is decoded after the two ids before it (`Tokenizer.decode_after`), so tokenizers whose
+    pieces depend on their neighbours (leading spaces) still decode right.
     """
 
     def __init__(self, tokenizer, stop: tuple[str, ...] = (), context: list[int] | None = None,
@@ -161,9 +160,7 @@ class TextStream:
         self.done = False
 
     def _decode_pending(self, final: bool) -> str:
-        base = self.tok.decode(self.prev) if self.prev else ""
-        full = self.tok.decode(self.prev + self.pending)
-        text = full[len(base):] if full.startswith(base) else self.tok.decode(self.pending)
+        text = self.tok.decode_after(self.prev, self.pending)
         if text.endswith("\ufffd") and not final and len(self.pending) < _HOLD_INCOMPLETE:
             return ""  # wait for the rest of the character
         self.prev = (self.prev + self.pending)[-2:]

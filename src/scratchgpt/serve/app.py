@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chat import has_template, parse_messages, prompt_ids
+from ..chat import parse_messages, prompt_ids
 from ..chat import stop_ids as chat_stop_ids
 from ..checkpoint import MODEL_BEST, STATE_JSON, load_model, read_step, weights_path
 from ..errors import UserError
@@ -40,7 +40,6 @@ from ..models import GPT
 from ..plots import read_metrics
 from ..runtime import resolve_device
 from ..sampling import SamplingSettings
-from ..tokenizers import CharTokenizer
 from .scheduler import Job, Scheduler
 from .schemas import (
     APIError,
@@ -99,11 +98,11 @@ def model_facts(served: ServedModel) -> dict:
     m, tok = served.model, served.tokenizer
     facts = {
         "parameters": sum(p.numel() for p in m.parameters()),
-        "tokenizer": getattr(tok, "kind", type(tok).__name__),
+        "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
         "context": m.block_size,
         "architecture": type(m).__name__,
-        "chat_template": has_template(tok),  # the page offers its chat mode when this is true
+        "chat_template": tok.has_chat_template(),  # the page offers its chat mode when this is true
     }
     if isinstance(m, GPT):
         facts.update(n_layer=m.config.n_layer, n_head=m.config.n_head, n_embd=m.config.n_embd)
@@ -344,12 +343,6 @@ def _encode(tokenizer, text: str) -> list[int]:
         raise APIError(400, f"'prompt' cannot be tokenized: {e}", "prompt") from None
 
 
-def _fewest_tokens(tokenizer, text: str) -> int:
-    """A lower bound on len(tokenizer.encode(text)) that costs nothing: exact for the char tokenizer (one id per
-    character); 0 for the others, whose tokens can span any number of characters (an unknown word is one id)."""
-    return len(text) if isinstance(tokenizer, CharTokenizer) else 0
-
-
 def _check_ids(ids: list[int], vocab: int, param: str) -> None:
     if ids and (min(ids) < 0 or max(ids) >= vocab):
         raise APIError(400, f"'{param}' token ids must be in [0, {vocab}), got {min(ids)}..{max(ids)}", param)
@@ -400,7 +393,7 @@ def _prepare(body: CompletionRequest, served: ServedModel, limits: ServeLimits) 
     hint = "shorten it or pass truncate_prompt_tokens to keep its end"
     ids, texts = [], []
     for p in raw:
-        if isinstance(p, str) and keep is None and (fewest := _fewest_tokens(tok, p)) > context:
+        if isinstance(p, str) and keep is None and (fewest := tok.fewest_tokens(p)) > context:
             # refused before it is tokenized: a megabytes-long prompt costs nothing (the interpreter lock
             # tokenizing would hold is what keeps /health and the streams answering)
             raise _too_long(fewest, context, "prompt", hint)
@@ -423,10 +416,8 @@ def _prepare_chat(body: ChatCompletionRequest, served: ServedModel, limits: Serv
     """Check a chat request: the model must have the chat template; the conversation is rendered with it and
     must fit the context; the reply ends at <|assistant_end|>."""
     tok, context = served.tokenizer, served.model.block_size
-    if not has_template(tok):
-        raise APIError(400, "this model has no chat template (it was not fine-tuned on conversations); use "
-                            "/v1/completions, or fine-tune it with data.format = \"chat\"", "messages")
     try:
+        tok.require_chat_template()
         messages = parse_messages(body.messages, "'messages'")
         ids = [prompt_ids(tok, messages)]
     except UserError as e:
