@@ -59,12 +59,60 @@ def wait_for(predicate, timeout: float = 10.0, what="condition") -> None:
         time.sleep(0.01)
 
 
+class Gate:
+    """Holds a scheduler's worker between steps, so a test can line requests up (`pause` ... `resume`) or act
+    mid-stream whatever the machine's speed (`pause_after`). Installed by the tests on one scheduler instance
+    (wrapping its `_step`): the production class has no such hook. `gate(sched)` gives the scheduler's one."""
+
+    def __init__(self, sched):
+        self.sched = sched
+        self._open = threading.Event()
+        self._open.set()
+        self._after: int | None = None
+        step = sched._step
+
+        def held_step():
+            self._open.wait()
+            step()
+            after = self._after
+            if after is not None and sched.tokens_out >= after:
+                self._after = None
+                self._open.clear()
+
+        sched._step = held_step
+
+    def pause(self) -> None:
+        """Hold the worker before its next step."""
+        self._open.clear()
+
+    def pause_after(self, tokens: int) -> None:
+        """Hold the worker once it has generated `tokens` more tokens."""
+        self._after = self.sched.tokens_out + tokens
+
+    def resume(self) -> None:
+        self._after = None
+        self._open.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._open.is_set()
+
+
+_GATES: dict[int, Gate] = {}
+
+
+def gate(sched) -> Gate:
+    if id(sched) not in _GATES or _GATES[id(sched)].sched is not sched:
+        _GATES[id(sched)] = Gate(sched)
+    return _GATES[id(sched)]
+
+
 @contextmanager
 def held_after(sched, tokens: int):
-    """Make the scheduler pause itself once it has generated `tokens` more tokens, so a test can act
-    mid-stream whatever the machine's speed; resumes it on exit."""
-    sched.pause_after(tokens)
+    """Make the scheduler hold once it has generated `tokens` more tokens; resume it on exit."""
+    g = gate(sched)
+    g.pause_after(tokens)
     try:
-        yield
+        yield g
     finally:
-        sched.resume()
+        g.resume()

@@ -275,7 +275,8 @@ def test_the_openai_client_chats_plain_and_streamed(chat_server):
     ({"messages": []}, "non-empty list"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "role 'wizard'"),
     ({"messages": [{"role": "user", "content": "line " * 20}]}, "context length"),
-    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "not supported for chat"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "needs 'logprobs': true"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"messages": [{"role": "user", "content": "\u4e2d"}]}, "not in the tokenizer"),
 ])
 def test_bad_chat_requests_are_a_400(chat_server, body, fragment):

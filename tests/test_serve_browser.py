@@ -14,7 +14,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 from scratchgpt.generate import Engine  # noqa: E402
 from scratchgpt.serve import ServeLimits, create_app  # noqa: E402
-from serve_util import make_run, running_server, wait_for  # noqa: E402
+from serve_util import gate, make_run, running_server, wait_for  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -73,7 +73,7 @@ def test_playground_streams_and_stops(small_text_dir, tmp_path_factory, browser_
         page.click("#generate")
         assert page.inner_text("#generate") == "Stop"
         page.wait_for_function("document.getElementById('completion').textContent.length > 20")
-        sched.pause()  # hold decoding so that Stop lands mid-stream
+        gate(sched).pause()  # hold decoding so that Stop lands mid-stream
         try:
             streamed = page.inner_text("#completion")
             page.click("#generate")
@@ -81,7 +81,7 @@ def test_playground_streams_and_stops(small_text_dir, tmp_path_factory, browser_
             assert page.inner_text("#generate") == "Generate"
             wait_for(lambda: sched.jobs() and all(j.cancelled for j in sched.jobs()), what="the job's cancel")
         finally:
-            sched.resume()
+            gate(sched).resume()
         wait_for(lambda: sched.stats()["active_rows"] == 0, what="the lane to be freed")
         shown = page.inner_text("#completion")  # char tokens: one character per token
         assert 20 < len(streamed) <= len(shown) < 2000
