@@ -227,8 +227,8 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    serve(args.run_dir, host=args.host, port=args.port, which=args.which, device=args.device, threads=args.threads,
-          max_batch=args.max_batch, max_tokens=args.max_tokens_cap, max_n=args.max_n,
+    serve(args.run_dir, host=args.host, port=args.port, which=args.which, device=args.device, dtype=args.dtype,
+          threads=args.threads, cuda_graphs=not args.no_cuda_graphs, max_batch=args.max_batch, max_tokens=args.max_tokens_cap, max_n=args.max_n,
           max_prompt_tokens=args.max_prompt_tokens, max_waiting=args.max_waiting, max_stop=args.max_stop,
           max_body_bytes=args.max_body_bytes)
     return 0
@@ -372,9 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop strings a request may give (OpenAI allows 4; harnesses add <|endoftext|> to a task's)")
     pv.add_argument("--max-body-bytes", type=_number(ints(1024, 2**31)), default=4 * 2**20,
                     help="a request body larger than this is answered 413 before it is read whole")
-    pv.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
-    pv.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
-    pv.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+    _loading_flags(pv)
 
     pq = sub.add_parser("eval", help="score text with a run: loss, perplexity, bits per byte; multiple-choice accuracy")
     pq.add_argument("run_dir")

@@ -15,7 +15,10 @@ from t_{kS} .. t_{i-1}, k the first window that reaches it. S = B (the default) 
 in which each position predicts from its in-window prefix: exactly the windows of `BatchLoader.sequential`,
 the training run's full-split val loss, except that the trainer drops the text's last partial window and this
 scores it. A smaller S gives every scored token at least B - S tokens of context (as in Hugging Face's
-perplexity guide), at B / S times the compute.
+perplexity guide), at B / S times the compute. A window shorter than B also feeds the token after its last
+prediction (nobody scores what it predicts): a text that fits the context is then one forward of the whole
+text, the shape the server's prefill gives it, so the server's echo log-probabilities, `score` and `eval` are
+the same numbers in bf16 too (bf16 attention rounds differently at different lengths).
 
 Figures: loss = mean -ln p over the scored tokens (nats), perplexity = exp(loss), bits per byte = total
 -ln p / ln 2 / the UTF-8 bytes those tokens cover, which are the text's bytes less the first token's. Bytes,
@@ -77,9 +80,11 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """ln p(y[r, t] | x[r, :t + 1]) at each masked (r, t), in row-major order, float32 on the CPU."""
+    """ln p(y[r, t] | x[r, :t + 1]) at each masked (r, t), in row-major order, float32 on the CPU. x may be
+    longer than y (fed tokens whose predictions nobody scores)."""
     with rt.autocast():
-        logits, _ = model(x)  # (b, T, V)
+        logits, _ = model(x)  # (b, T', V), T' >= T
+    logits = logits[:, :y.size(1)]  # (b, T, V)
     rows, cols = mask.nonzero(as_tuple=True)  # (M,) each: only the scored positions go through the softmax
     out = []
     for r, c in zip(rows.split(SOFTMAX_ROWS), cols.split(SOFTMAX_ROWS), strict=True):  # bounded float32 copies
@@ -108,7 +113,10 @@ def score_tokens(model: nn.Module, ids: Sequence[int] | np.ndarray, block_size: 
         xy = torch.from_numpy(ids[starts[:, None] + np.arange(length + 1)]).to(device)  # (b, T + 1)
         scored = torch.tensor([n for _, _, n in group], device=device)  # (b,)
         mask = torch.arange(length, device=device) >= (length - scored)[:, None]  # (b, T): the last n of each row
-        parts.append(_logprobs(model, xy[:, :-1], xy[:, 1:], mask, rt))
+        # a window shorter than the block also feeds its last token (its prediction is not scored): the very
+        # shape the server's prefill of that text has, so in bf16 both compute the same numbers
+        x = xy if length < block_size else xy[:, :-1]
+        parts.append(_logprobs(model, x, xy[:, 1:], mask, rt))
         if bar is not None:
             bar.update(int(scored.sum()))
         i = j

@@ -13,7 +13,6 @@ from typing import Any
 
 from ..console import echo
 from ..errors import UserError
-from ..runtime import set_threads
 
 __all__ = ["ServeLimits", "ServedModel", "create_app", "load_served", "serve"]
 
@@ -33,8 +32,10 @@ def __getattr__(name: str) -> Any:
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = "best", device: str = "cpu",
-          threads: int = 0, log_level: str = "info", **limits: int) -> None:
-    """Load a run directory and serve it with uvicorn until interrupted; `limits` are `ServeLimits` fields."""
+          dtype: str = "auto", threads: int = 0, cuda_graphs: bool = True, log_level: str = "info",
+          **limits: int) -> None:
+    """Load a run directory (through the precision policy for inference, as `sample` and `eval` do) and serve
+    it with uvicorn until interrupted; `limits` are `ServeLimits` fields."""
     try:
         import uvicorn
 
@@ -50,9 +51,11 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = 
     except OSError as e:
         why = os.strerror(e.errno) if e.errno else str(e)
         raise UserError(f"cannot listen on {host}:{port} ({why}); pass another --port or --host") from None
-    set_threads(threads)
-    app = create_app(run_dir, serve_limits, which=which, device=device)
+    app = create_app(run_dir, serve_limits, which=which, device=device, dtype=dtype, threads=threads,
+                     cuda_graphs=cuda_graphs)
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"note: listening on {host}; the API has no authentication, so anyone who can reach it can use it")
-    echo(f"serving {app.state.served.name} at http://{host}:{port}/ (OpenAI-compatible API at http://{host}:{port}/v1)")
+    facts = app.state.served.facts
+    echo(f"serving {app.state.served.name} ({facts['device']}, {facts['dtype']}) at http://{host}:{port}/ "
+         f"(OpenAI-compatible API at http://{host}:{port}/v1)")
     uvicorn.run(app, host=host, port=port, log_level=log_level)

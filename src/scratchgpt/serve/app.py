@@ -32,12 +32,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import runtime
 from ..checkpoint import MODEL_BEST, STATE_JSON, load_model, read_step, weights_path
 from ..completion import Ended, Event, Failed
 from ..generate import PromptError
 from ..models import GPT
 from ..plots import read_metrics
-from ..runtime import resolve_device
 from ..tokenizers import Tokenizer
 from .answer import Answer
 from .prepare import Ask, encode_text, prepare_chat, prepare_completion, prompt_refused
@@ -69,11 +69,16 @@ class ServedModel:
     facts: dict = field(default_factory=dict)
 
 
-def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu") -> ServedModel:
-    """Load a run directory's model (best weights unless `which` is last) with its facts. The optional
-    files (metrics.jsonl, trainer_state.json) only add facts: damaged, they are left out."""
+def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu", dtype: str = "auto",
+                threads: int = 0) -> ServedModel:
+    """Load a run directory's model (best weights unless `which` is last) with its facts, through the precision
+    policy for inference (`runtime.setup(..., use="infer")` and `Runtime.prepare`, as `scratchgpt.load`,
+    `sample` and `eval` do: the same flags give the same numbers). The optional files (metrics.jsonl,
+    trainer_state.json) only add facts: damaged, they are left out."""
     run = Path(run_dir)
-    model, tok, cfg = load_model(run, which=which, device=resolve_device(device))
+    rt = runtime.setup(device, dtype, threads=threads, use="infer")
+    model, tok, cfg = load_model(run, which=which, device=rt.device)
+    model = rt.prepare(model)
     path = weights_path(run, which)
     step = read_step(path)
     evals = {r.get("step"): r.get("val_loss") for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "eval"}
@@ -85,7 +90,7 @@ def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu") -
         except (ValueError, OSError, AttributeError):
             val = None
     facts = {"checkpoint": path.name, "step": step, "val_loss": val if isinstance(val, (int, float)) else None,
-             "config_name": cfg.name}
+             "config_name": cfg.name, "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch.")}
     return ServedModel(model, tok, name=run.resolve().name, run_dir=run, facts=facts)
 
 
@@ -178,13 +183,14 @@ class Serving:
 
 
 def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = None, *, which: str = "best",
-               device: str = "cpu") -> FastAPI:
-    """The app for a run directory (or an already loaded `ServedModel`). Its scheduler starts now and stops
-    when the app shuts down."""
+               device: str = "cpu", dtype: str = "auto", threads: int = 0, cuda_graphs: bool = True) -> FastAPI:
+    """The app for a run directory (loaded by `load_served`) or an already loaded `ServedModel`. Its scheduler
+    starts now and stops when the app shuts down."""
     limits = limits or ServeLimits()
     limits.check()
-    served = source if isinstance(source, ServedModel) else load_served(source, which, device)
-    scheduler = Scheduler(served.model, served.tokenizer, limits.max_batch, limits.max_waiting).start()
+    served = source if isinstance(source, ServedModel) else load_served(source, which, device, dtype, threads)
+    scheduler = Scheduler(served.model, served.tokenizer, limits.max_batch, limits.max_waiting,
+                          cuda_graphs=cuda_graphs).start()
     app = FastAPI(title="scratchgpt", lifespan=_lifespan, docs_url="/docs", redoc_url=None)
     app.state.serving = Serving(served, scheduler, limits, model_facts(served), now())
     app.state.scheduler, app.state.served, app.state.limits = scheduler, served, limits
