@@ -33,6 +33,12 @@ ROLES = ("system", "user", "assistant")
 SPECIALS = CHAT_SPECIALS  # <|system_start|>, <|system_end|>, <|user_start|>, ... (tokenizers/base.py)
 MAX_MESSAGES = 1024
 
+# The template as Jinja, the form Hugging Face tokenizers and vLLM's /tokenizer_info give it (clients such as
+# lm-evaluation-harness render it, then tokenize with the special tokens' names recognised): the same ids
+# as `prompt_ids` (with add_generation_prompt) and `render`.
+JINJA_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}_start|>{{ message['content'] }}"
+                  "<|{{ message['role'] }}_end|>{% endfor %}{% if add_generation_prompt %}<|assistant_start|>{% endif %}")
+
 
 @dataclass(frozen=True)
 class Message:
@@ -106,5 +112,5 @@ def stop_ids(tokenizer: Tokenizer) -> frozenset[int]:
     return frozenset(out)
 
 
-__all__ = ["ChatError", "Message", "ROLES", "SPECIALS", "chat_tokenizer", "parse_messages",
+__all__ = ["JINJA_TEMPLATE", "ChatError", "Message", "ROLES", "SPECIALS", "chat_tokenizer", "parse_messages",
            "prompt_ids", "render", "stop_ids"]

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import runtime
+from ..chat import JINJA_TEMPLATE
 from ..checkpoint import MODEL_BEST, STATE_JSON, load_model, read_step, weights_path
 from ..completion import Ended, Event, Failed
 from ..generate import PromptError
@@ -177,7 +178,8 @@ class Serving:
                 "max_model_len": self.context}
 
     def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.served.name:
+        """The model a request names: this server's (its run directory's name, or a path ending in it)."""
+        if name is not None and name != self.served.name and Path(name).name != self.served.name:
             raise APIError(404, f"the model '{name}' does not exist; this server serves '{self.served.name}'",
                            "model", code="model_not_found")
 
@@ -266,11 +268,23 @@ async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request) -> dict:
+    """vLLM's shape, what lm-evaluation-harness's remote tokenizer reads: the end-of-text token's name (None
+    when the tokenizer has none: char, word, spm), the chat template as Jinja for a run fine-tuned for chat."""
+    st = _serving(request)
+    tok = st.served.tokenizer
+    eos = next((name for name, i in tok.special_tokens.items() if i == tok.eot_token), None)
+    return {"tokenizer_class": tok.kind, "eos_token": eos, "bos_token": None, "pad_token": None,
+            "model_max_length": st.context, "vocab_size": tok.vocab_size, "special_tokens": tok.special_tokens,
+            "chat_template": JINJA_TEMPLATE if tok.has_chat_template() else None}
+
+
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     st = _serving(request)
     st.check_model(body.model)
-    ids = await run_in_threadpool(encode_text, st.served.tokenizer, body.prompt)
+    ids = await run_in_threadpool(encode_text, st.served.tokenizer, body.prompt, "prompt", True)
     return {"count": len(ids), "max_model_len": st.context, "tokens": ids}
 
 

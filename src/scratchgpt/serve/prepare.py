@@ -39,9 +39,11 @@ class Ask:
         return self.echo and self.logprobs is not None
 
 
-def encode_text(tokenizer: Tokenizer, text: str, param: str = "prompt") -> list[int]:
+def encode_text(tokenizer: Tokenizer, text: str, param: str = "prompt", special: bool = False) -> list[int]:
+    """A prompt's ids (an empty one starts from <|endoftext|> or a newline); `special`: /tokenize's, the text's
+    ids as they are (none for an empty text) with special tokens' names recognised."""
     try:
-        return encode_prompt(tokenizer, text)
+        return tokenizer.encode_with_special_tokens(text) if special else encode_prompt(tokenizer, text)
     except UserError as e:
         raise APIError(400, f"'{param}' cannot be tokenized: {e}", param) from None
 

@@ -203,13 +203,14 @@ class ChatCompletionRequest(_Sampling):
 
 
 class TokenizeRequest(BaseModel):
-    """POST /tokenize (vLLM's shape): the ids the server's tokenizer gives a text."""
+    """POST /tokenize (vLLM's shape): the ids the server's tokenizer gives a text, special tokens' names
+    recognised (as vLLM's Hugging Face tokenizers do; a completion's text prompt never is)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr | None = None
     prompt: StrictStr
-    add_special_tokens: StrictBool = True  # accepted for vLLM clients; the tokenizers here add none
+    add_special_tokens: StrictBool = True  # accepted for vLLM clients; the tokenizers here add no BOS
 
 
 class DetokenizeRequest(BaseModel):
