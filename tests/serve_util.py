@@ -24,6 +24,26 @@ def make_run(data_dir: Path, out: Path) -> Path:
     return _RUNS[data_dir]
 
 
+def special_chain_app(limits=None):
+    """An app over a chat-template char tokenizer and a bigram that walks a -> <|assistant_end|> -> b ->
+    <|user_start|> -> a: greedy, half of what it says is special tokens. Returns (app, tokenizer)."""
+    import torch
+
+    from scratchgpt import chat
+    from scratchgpt.models.bigram import BigramLanguageModel
+    from scratchgpt.serve import ServedModel, create_app
+    from scratchgpt.tokenizers import CharTokenizer
+
+    tok = chat.chat_tokenizer(CharTokenizer.from_text("ab"))
+    a, b = tok.encode("ab")
+    end, user = tok.special_tokens["<|assistant_end|>"], tok.special_tokens["<|user_start|>"]
+    model = BigramLanguageModel(tok.vocab_size, 16)
+    with torch.no_grad():
+        for x, y in ((a, end), (end, b), (b, user), (user, a)):
+            model.token_embedding_table.weight[x, y] = 100.0
+    return create_app(ServedModel(model.eval(), tok, name="chain"), limits), tok
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ from scratchgpt.sampling import SamplingSettings  # noqa: E402
 from scratchgpt.serve import ServeLimits, create_app  # noqa: E402
 from scratchgpt.serve.scheduler import Scheduler  # noqa: E402
 from scratchgpt.tokenizers import CharTokenizer, Tokenizer  # noqa: E402
-from serve_util import gate, held_after, make_run, running_server, wait_for  # noqa: E402
+from serve_util import gate, held_after, make_run, running_server, special_chain_app, wait_for  # noqa: E402
 
 LIMITS = ServeLimits(max_batch=8, max_tokens=300, max_n=4, max_prompt_tokens=100, max_waiting=16)
 
@@ -646,3 +646,23 @@ def test_cli_serve_errors_are_one_sentence(tmp_path, capsys):
     assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err
     assert cli_main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert "--max-batch: must be positive" in capsys.readouterr().err  # refused as it is parsed
+
+
+# ---- special tokens are never text unless asked ----------------------------------------------------------------
+
+def test_special_tokens_are_never_rendered_as_text_unless_asked():
+    app, tok = special_chain_app(LIMITS)
+    with running_server(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30)
+        kw = dict(model="chain", prompt="a", max_tokens=6, temperature=0)
+        assert client.completions.create(**kw).choices[0].text == "bab"
+        streamed = "".join(c.choices[0].text for c in client.completions.create(**kw, stream=True) if c.choices)
+        assert streamed == "bab"
+        shown = client.completions.create(**kw, extra_body={"skip_special_tokens": False}).choices[0].text
+        assert shown == "<|assistant_end|>b<|user_start|>a<|assistant_end|>b"  # vLLM's flag shows them
+        lp = client.completions.create(**kw, logprobs=1, echo=True).choices[0]
+        assert lp.text == "abab" and lp.logprobs.tokens == ["a", "<|assistant_end|>", "b", "<|user_start|>", "a",
+                                                             "<|assistant_end|>", "b"]
+        assert lp.logprobs.text_offset == [0, 1, 1, 2, 2, 3, 3]  # a hidden token takes no room in the text
+        ids = [tok.encode("a")[0], tok.special_tokens["<|user_start|>"]]  # a prompt of ids echoes its text only
+        assert client.completions.create(model="chain", prompt=ids, max_tokens=0, echo=True).choices[0].text == "a"

@@ -5,8 +5,9 @@ lists checked into one clear error each), `chat_tokenizer` (a run's tokenizer wi
 and GPT-2 get added special tokens, the char tokenizer reserved ids after its characters; whether a tokenizer
 has them is its own `has_chat_template()` / `require_chat_template()`), `render`
 (messages -> token ids, and which ids are targets to learn) and `prompt_ids` (messages up to the start of
-the assistant's reply, for generation), and `stop_ids` (what ends a reply). Does not own training, the
-loader or the engine; they call these.
+the assistant's reply, for generation), `fit_conversation` (a conversation longer than the context loses its
+oldest whole turns, never the system message: the one rule the server, `scratchgpt chat` and the engine
+share) and `stop_ids` (what ends a reply). Does not own training, the loader or the engine; they call these.
 
 A conversation is, token for token:
 
@@ -24,6 +25,7 @@ text: a special token can only come from the template.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from .errors import ChatError
@@ -101,6 +103,52 @@ def prompt_ids(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
     return ids + [_specials(tokenizer)["<|assistant_start|>"]]
 
 
+class ConversationTooLong(ChatError):
+    """Even the system message and the last user message alone do not fit the context."""
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A conversation fitted to a context: the prompt's ids (the kept messages, then <|assistant_start|>), the
+    messages kept, and how many were dropped (the oldest, after the system message)."""
+
+    ids: list[int]
+    messages: list[Message]
+    dropped: int
+
+
+def reply_room(max_new_tokens: int, context: int) -> int:
+    """Tokens a conversation leaves free for the reply: its length, up to half the context."""
+    return min(max_new_tokens, context // 2)
+
+
+def fit_conversation(tokenizer: Tokenizer, messages: list[Message], context: int, room: int = 0) -> Fitted:
+    """The prompt of `messages` within `context` tokens, leaving `room` for the reply when it can.
+
+    Whole turns go, oldest first (a turn starts at a user message and runs to the next one); the system message
+    always stays. Turns are dropped until the prompt leaves `room` tokens free, but never the last user
+    message's turn: what must fit the context is the system message, that turn and the reply's opening token,
+    else `ConversationTooLong` (one sentence saying how long it is)."""
+    specials = _specials(tokenizer)
+    parts = [render(tokenizer, [m])[0] for m in messages]  # each message's ids: the prompt is their sum
+    head = 1 if messages and messages[0].role == "system" else 0
+    starts = sorted({head} | {i for i in range(head, len(messages)) if messages[i].role == "user"})
+    after = list(accumulate(len(p) for p in reversed(parts)))[::-1] + [0]  # after[k]: tokens of messages k..
+
+    def size(k: int) -> int:
+        return sum(len(p) for p in parts[:head]) + after[k] + 1
+
+    keep = next((k for k in starts if size(k) + room <= context), starts[-1])
+    if size(keep) > context:
+        last = keep < len(messages) and messages[keep].role == "user"
+        what = "the last user message alone" if last else "the conversation"
+        raise ConversationTooLong(
+            f"this model's context length is {context} tokens, but {what} takes {size(keep):,} (with "
+            f"{'the system message and ' if head else ''}the reply's opening token); shorten it")
+    ids = [i for p in parts[:head] + parts[keep:] for i in p] + [specials["<|assistant_start|>"]]
+    return Fitted(ids, messages[:head] + messages[keep:], keep - head)
+
+
 def stop_ids(tokenizer: Tokenizer) -> frozenset[int]:
     """Tokens that end an assistant's reply: its closing token, and any other token of the template (a model
     that starts another turn is done with this one), and <|endoftext|> where there is one. So a reply's text
@@ -112,5 +160,5 @@ def stop_ids(tokenizer: Tokenizer) -> frozenset[int]:
     return frozenset(out)
 
 
-__all__ = ["JINJA_TEMPLATE", "ChatError", "Message", "ROLES", "SPECIALS", "chat_tokenizer", "parse_messages",
-           "prompt_ids", "render", "stop_ids"]
+__all__ = ["JINJA_TEMPLATE", "ChatError", "ConversationTooLong", "Fitted", "Message", "ROLES", "SPECIALS",
+           "chat_tokenizer", "fit_conversation", "parse_messages", "prompt_ids", "render", "reply_room", "stop_ids"]

@@ -695,18 +695,27 @@ class Engine:
     def chat(self, messages: list, settings: SamplingSettings | None = None, num_samples: int = 1,
              **kwargs) -> str | list[str]:
         """The assistant's reply to a conversation (OpenAI-style messages) through the run's chat template:
-        a string, or a list for several samples. It ends at <|assistant_end|>."""
+        a string, or a list for several samples. It ends at <|assistant_end|>. A conversation too long for the
+        context loses its oldest turns first (`fit_chat`)."""
         texts = [""] * num_samples
         for r, piece in self.stream_chat_rows(messages, settings, num_samples, **kwargs):
             texts[r] += piece
         return texts[0] if num_samples == 1 else texts
 
+    def fit_chat(self, messages: list, settings: SamplingSettings) -> chat.Fitted:
+        """The conversation's prompt within the context, its oldest whole turns dropped when it does not fit
+        with room for the reply (`chat.fit_conversation`, as the server does); the system message stays."""
+        msgs = messages if messages and isinstance(messages[0], chat.Message) else chat.parse_messages(messages)
+        if self.tokenizer is None:
+            raise UserError("this engine has no tokenizer, so no chat template")
+        room = chat.reply_room(settings.max_new_tokens, self.block_size)
+        return chat.fit_conversation(self.tokenizer, msgs, self.block_size, room)
+
     def stream_chat_rows(self, messages: list, settings: SamplingSettings | None = None, num_samples: int = 1,
                          **kwargs) -> Iterator[tuple[int, str]]:
         """Yield (sample, text piece) of the assistant's reply as it comes."""
-        msgs = messages if messages and isinstance(messages[0], chat.Message) else chat.parse_messages(messages)
-        ids = chat.prompt_ids(self.tokenizer, msgs)
         s = settings_from(settings, **kwargs)
+        ids = self.fit_chat(messages, s).ids
         s = s.replace(stop_token_ids=tuple(sorted(set(s.stop_token_ids) | chat.stop_ids(self.tokenizer))))
         return self.stream_rows([ids], s, num_samples)
 

@@ -57,6 +57,7 @@ from .schemas import (
 
 STATIC = Path(__file__).parent / "static"
 POLL_DISCONNECT_S = 0.5  # how often a waiting non-streaming request checks that its client is still there
+DROPPED_HEADER = "X-Dropped-Messages"  # chat: how many of the oldest messages were left out to fit the context
 
 
 @dataclass
@@ -334,9 +335,10 @@ async def _answer(request: Request, body: _Sampling, prepare: Callable[..., Ask]
                        code="overloaded")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     answer = Answer(ask, st.served.tokenizer, st.served.name, stream=body.stream, include_usage=include_usage)
+    said = {DROPPED_HEADER: str(ask.dropped)} if ask.dropped else {}  # the conversation's oldest turns left out
     if body.stream:
         return EventStream(_streamed(job, queue, answer), job, media_type="text/event-stream",
-                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **said})
     try:
         async for events in _events(job, queue, request):
             for ev in events:
@@ -345,7 +347,7 @@ async def _answer(request: Request, body: _Sampling, prepare: Callable[..., Ask]
         return JSONResponse(error_body("the client went away", None), status_code=499)
     if answer.error is not None:
         return JSONResponse(error_body(answer.error, None, "server_error"), status_code=500)
-    return JSONResponse(answer.body())
+    return JSONResponse(answer.body(), headers=said)
 
 
 class _ClientGone(Exception):

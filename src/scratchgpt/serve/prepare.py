@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..chat import parse_messages, prompt_ids
+from ..chat import ConversationTooLong, fit_conversation, parse_messages, reply_room
 from ..chat import stop_ids as chat_stop_ids
 from ..errors import UserError
 from ..generate import DecodeCore, PromptError, encode_prompt, prompt_too_long
@@ -33,6 +33,7 @@ class Ask:
     echo: bool
     logprobs: int | None  # alternatives per token (completions' logprobs, chat's top_logprobs); None: none asked
     chat: bool = False
+    dropped: int = 0  # chat: the oldest messages left out so the conversation fits (header X-Dropped-Messages)
 
     @property
     def echo_logprobs(self) -> bool:
@@ -121,21 +122,27 @@ def prepare_completion(body: CompletionRequest, tokenizer: Tokenizer, core: Deco
 
 
 def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, core: DecodeCore, limits: ServeLimits) -> Ask:
-    """Check a chat request: the model must have the chat template; the conversation is rendered with it and
-    must fit the context; the reply ends at <|assistant_end|>."""
+    """Check a chat request: the model must have the chat template; the conversation is rendered with it,
+    its oldest whole turns dropped (never the system message) until it fits the context with room for the
+    reply; a 400 only when the last user message alone does not fit. The reply ends at <|assistant_end|>."""
+    name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    logprobs = body.top_logprobs_asked()
+    n, settings = sampling(body, limits, body.limit(), 1, (), name)
     try:
         tokenizer.require_chat_template()
         messages = parse_messages(body.messages, "'messages'")
-        ids = prompt_ids(tokenizer, messages)
+        fitted = fit_conversation(tokenizer, messages, core.block_size,
+                                  reply_room(settings.max_new_tokens, core.block_size))
+    except ConversationTooLong as e:
+        raise APIError(400, str(e), "messages", code="context_length_exceeded") from None
     except UserError as e:
         raise APIError(400, str(e), "messages") from None
-    if len(ids) > limits.max_prompt_tokens:
-        raise APIError(400, f"'messages' are {len(ids):,} tokens; at most {limits.max_prompt_tokens:,} are "
+    if len(fitted.ids) > limits.max_prompt_tokens:
+        raise APIError(400, f"'messages' are {len(fitted.ids):,} tokens; at most {limits.max_prompt_tokens:,} are "
                             "allowed", "messages")
     try:
-        core.check([ids])
+        core.check([fitted.ids])
     except PromptError as e:
         raise prompt_refused(e, "messages", "shorten the conversation") from None
-    name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    n, settings = sampling(body, limits, body.limit(), 1, tuple(sorted(chat_stop_ids(tokenizer))), name)
-    return Ask([ids], [""], settings, n, False, body.top_logprobs_asked(), chat=True)
+    settings = settings.replace(stop_token_ids=tuple(sorted(chat_stop_ids(tokenizer))))
+    return Ask([fitted.ids], [""], settings, n, False, logprobs, chat=True, dropped=fitted.dropped)
