@@ -7,11 +7,15 @@
 corpus: spelling a word letter by letter ("spell crown" -> "c-r-o-w-n"), reversing it ("reverse crown" ->
 "nworc") and counting its letters ("how many letters in crown?" -> "five"; tiny Shakespeare has one digit,
 so numbers are words). The words are split in two: `train.jsonl` asks about one part, `heldout.jsonl` about
-the other, so every held-out question is about a word the fine-tuning never saw.
+the other, so every held-out question is about a word the fine-tuning never saw. A quarter of the training
+conversations ask a second question after the first answer (when both fit the base run's context): a model
+fine-tuned on single exchanges only has never seen a reply follow another, and answers a second turn with
+nothing or noise (the "second turn comes back empty" of issue 19).
 
 `score` asks each held-out question of the fine-tuned run and of the base run it started from (the base
 with the chat template's new tokens added the way fine-tuning adds them, as it is at step 0), greedily, and
-prints `held-out accuracy: base X%, chat Y%` (an answer counts when it is exactly the expected text).
+prints `held-out accuracy: base X%, chat Y%` (an answer counts when it is exactly the expected text), then
+the chat run's accuracy on held-out questions asked as the second turn of a conversation.
 """
 
 from __future__ import annotations
@@ -31,13 +35,24 @@ from scratchgpt.checkpoint import init_from_run, read_config, read_tokenizer
 from scratchgpt.config import Config, DataConfig
 from scratchgpt.generate import Engine
 from scratchgpt.models import build_model
+from scratchgpt.sampling import SamplingSettings
 
 NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+CONTEXT = 64  # configs/chat/demo_base.toml's block_size: a training conversation must fit it
 
 
 def questions(word: str) -> list[tuple[str, str]]:
     return [(f"spell {word}", "-".join(word)), (f"reverse {word}", word[::-1]),
             (f"how many letters in {word}?", NUMBERS[len(word)])]
+
+
+def turn(q: str, a: str) -> list[dict]:
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+
+def fits(messages: list[dict]) -> bool:
+    """Whether a conversation fits the demo's context: one token per character, two per message's marks."""
+    return sum(len(m["content"]) + 2 for m in messages) <= CONTEXT
 
 
 def make_data(corpus: Path, out: Path, seed: int, train_size: int, heldout_words: int) -> None:
@@ -49,12 +64,15 @@ def make_data(corpus: Path, out: Path, seed: int, train_size: int, heldout_words
     out.mkdir(parents=True, exist_ok=True)
 
     def conversation(q: str, a: str) -> str:
-        return json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        return json.dumps({"messages": turn(q, a)})
 
     with open(out / "train.jsonl", "w", encoding="utf-8") as f:
-        for _ in range(train_size):
-            q, a = rng.choice(questions(rng.choice(train)))
-            f.write(conversation(q, a) + "\n")
+        for i in range(train_size):
+            messages = turn(*rng.choice(questions(rng.choice(train))))
+            if i % 4 == 0:  # a second question after the first answer, when both fit the context
+                second = messages + turn(*rng.choice(questions(rng.choice(train))))
+                messages = second if fits(second) else messages
+            f.write(json.dumps({"messages": messages}) + "\n")
     with open(out / "heldout.jsonl", "w", encoding="utf-8") as f:
         for w in held:
             for q, a in questions(w):
@@ -73,12 +91,15 @@ def base_at_step_zero(base: Path) -> Engine:
     return Engine(model.eval(), tok)
 
 
+def engine_settings(answer: str) -> SamplingSettings:
+    return SamplingSettings(max_new_tokens=len(answer) + 8, temperature=0)
+
+
 def accuracy(engine: Engine, items: list[tuple[str, str]]) -> float:
     right = 0
     with torch.no_grad():
         for q, a in items:
-            reply = engine.chat([{"role": "user", "content": q}], max_new_tokens=len(a) + 8, temperature=0)
-            right += reply == a
+            right += engine.chat([{"role": "user", "content": q}], engine_settings(a)) == a
     return right / len(items)
 
 
@@ -87,9 +108,19 @@ def score(base: Path, run: Path, questions_file: Path) -> None:
     for line in questions_file.read_text(encoding="utf-8").splitlines():
         m = json.loads(line)["messages"]
         items.append((m[0]["content"], m[1]["content"]))
-    chat_acc = accuracy(scratchgpt.load(run, device="cpu", dtype="float32").engine, items)
+    engine = scratchgpt.load(run, device="cpu", dtype="float32").engine
+    chat_acc = accuracy(engine, items)
     base_acc = accuracy(base_at_step_zero(base), items)
     print(f"held-out accuracy: base {100 * base_acc:.0f}%, chat {100 * chat_acc:.0f}%")
+    # the same questions as a second turn, after the previous question and its answer (where the model sees
+    # both: the conversation fits the context with room for the reply, so no turn is left out)
+    asked = [(turn(*items[i - 1]) + [{"role": "user", "content": q}], a) for i, (q, a) in enumerate(items) if i]
+    pairs = [(m, a) for m, a in asked if not engine.fit_chat(m, engine_settings(a)).dropped]
+    right = 0
+    with torch.no_grad():
+        for messages, a in pairs:
+            right += engine.chat(messages, engine_settings(a)) == a
+    print(f"held-out accuracy as a second turn: chat {100 * right / max(len(pairs), 1):.0f}% ({len(pairs)} questions)")
 
 
 def main() -> None:
