@@ -1,8 +1,10 @@
 """Serving: an OpenAI-compatible completions API and a playground page (`scratchgpt serve RUN_DIR`).
 
-Owns nothing itself; `app.py` (routes), `schemas.py` (wire format, limits), `scheduler.py` (continuous
-batching) and `static/` (the page) do. Needs the `serve` extra (FastAPI, uvicorn); nothing here is imported by
-`import scratchgpt`, and this module imports its parts only when asked.
+Owns `serve` (the command: a run loaded through the precision policy, uvicorn until interrupted); the rest is
+its parts': `app.py` (the app and its routes), `prepare.py` (a request checked before it is queued),
+`answer.py` (events to responses), `schemas.py` (wire format, limits), `scheduler.py` (continuous batching) and
+`static/` (the page). Wire formats: docs/serving.md. Needs the `serve` extra (FastAPI, uvicorn); nothing here is
+imported by `import scratchgpt`, and this module imports its parts only when asked.
 """
 
 from __future__ import annotations
