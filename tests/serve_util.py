@@ -24,6 +24,26 @@ def make_run(data_dir: Path, out: Path) -> Path:
     return _RUNS[data_dir]
 
 
+def special_chain_app(limits=None):
+    """An app over a chat-template char tokenizer and a bigram that walks a -> <|assistant_end|> -> b ->
+    <|user_start|> -> a: greedy, half of what it says is special tokens. Returns (app, tokenizer)."""
+    import torch
+
+    from scratchgpt import chat
+    from scratchgpt.models.bigram import BigramLanguageModel
+    from scratchgpt.serve import ServedModel, create_app
+    from scratchgpt.tokenizers import CharTokenizer
+
+    tok = chat.chat_tokenizer(CharTokenizer.from_text("ab"))
+    a, b = tok.encode("ab")
+    end, user = tok.special_tokens["<|assistant_end|>"], tok.special_tokens["<|user_start|>"]
+    model = BigramLanguageModel(tok.vocab_size, 16)
+    with torch.no_grad():
+        for x, y in ((a, end), (end, b), (b, user), (user, a)):
+            model.token_embedding_table.weight[x, y] = 100.0
+    return create_app(ServedModel(model.eval(), tok, name="chain"), limits), tok
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,12 +79,60 @@ def wait_for(predicate, timeout: float = 10.0, what="condition") -> None:
         time.sleep(0.01)
 
 
+class Gate:
+    """Holds a scheduler's worker between steps, so a test can line requests up (`pause` ... `resume`) or act
+    mid-stream whatever the machine's speed (`pause_after`). Installed by the tests on one scheduler instance
+    (wrapping its `_step`): the production class has no such hook. `gate(sched)` gives the scheduler's one."""
+
+    def __init__(self, sched):
+        self.sched = sched
+        self._open = threading.Event()
+        self._open.set()
+        self._after: int | None = None
+        step = sched._step
+
+        def held_step():
+            self._open.wait()
+            step()
+            after = self._after
+            if after is not None and sched.tokens_out >= after:
+                self._after = None
+                self._open.clear()
+
+        sched._step = held_step
+
+    def pause(self) -> None:
+        """Hold the worker before its next step."""
+        self._open.clear()
+
+    def pause_after(self, tokens: int) -> None:
+        """Hold the worker once it has generated `tokens` more tokens."""
+        self._after = self.sched.tokens_out + tokens
+
+    def resume(self) -> None:
+        self._after = None
+        self._open.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._open.is_set()
+
+
+_GATES: dict[int, Gate] = {}
+
+
+def gate(sched) -> Gate:
+    if id(sched) not in _GATES or _GATES[id(sched)].sched is not sched:
+        _GATES[id(sched)] = Gate(sched)
+    return _GATES[id(sched)]
+
+
 @contextmanager
 def held_after(sched, tokens: int):
-    """Make the scheduler pause itself once it has generated `tokens` more tokens, so a test can act
-    mid-stream whatever the machine's speed; resumes it on exit."""
-    sched.pause_after(tokens)
+    """Make the scheduler hold once it has generated `tokens` more tokens; resume it on exit."""
+    g = gate(sched)
+    g.pause_after(tokens)
     try:
-        yield
+        yield g
     finally:
-        sched.resume()
+        g.resume()

@@ -144,7 +144,7 @@ def test_bad_conversation_files_name_the_line(base_run, tmp_path, capsys):
 def test_fine_tuning_grows_the_vocabulary_and_learns_only_the_replies(sft_run, base_run):
     base_model, base_tok, _ = ckpt.load_model(base_run)
     model, tok, cfg = ckpt.load_model(sft_run, which="last")
-    assert chat.has_template(tok) and tok.vocab_size == base_tok.vocab_size + 6
+    assert tok.has_chat_template() and tok.vocab_size == base_tok.vocab_size + 6
     assert cfg.model.vocab_size == base_model.config.vocab_size + 6 and cfg.data.format == "chat"
     assert cfg.model.n_embd == base_model.config.n_embd  # the base run's shape
     rows = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
@@ -275,7 +275,8 @@ def test_the_openai_client_chats_plain_and_streamed(chat_server):
     ({"messages": []}, "non-empty list"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "role 'wizard'"),
     ({"messages": [{"role": "user", "content": "line " * 20}]}, "context length"),
-    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "not supported for chat"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "needs 'logprobs': true"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"messages": [{"role": "user", "content": "\u4e2d"}]}, "not in the tokenizer"),
 ])
 def test_bad_chat_requests_are_a_400(chat_server, body, fragment):
@@ -331,7 +332,7 @@ def test_the_gpt2_recipe_fine_tunes_an_imported_gpt2_offline(tmp_path, capsys):
                      "--train.eval_iters=1", "--train.batch_size=2", "--train.grad_accum_steps=1",
                      "--train.device=cpu"]) == 0
     tok = ckpt.read_tokenizer(out)
-    assert tok.kind == "gpt2" and chat.has_template(tok)
+    assert tok.kind == "gpt2" and tok.has_chat_template()
     assert tok.special_tokens["<|system_start|>"] == len(vocab)  # right after <|endoftext|>
     assert ckpt.read_config(out).model.block_size == 64  # the imported model's context
     import scratchgpt
@@ -353,3 +354,86 @@ def test_export_keeps_the_template_tokens(sft_run, tmp_path):
     assert theirs.encode(ours.decode(ids)) == ids  # the template's tokens keep their ids
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
     assert hf_model.config.vocab_size == ckpt.read_config(sft_run).model.vocab_size
+
+
+# ---- chat at its edges: a conversation longer than the context, log-probabilities -------------------------------
+
+LONG = [{"role": "system", "content": "brief"}] + [
+    m for w in ("fox", "dog", "over") for m in ({"role": "user", "content": f"spell {w}"},
+                                               {"role": "assistant", "content": " ".join(w)})
+] + [{"role": "user", "content": "spell lazy"}]  # 73 tokens with the template: more than the context of 48
+
+
+def test_a_long_conversation_drops_its_oldest_turns_and_keeps_the_system_message(sft_run):
+    import scratchgpt
+
+    tok = ckpt.read_tokenizer(sft_run)
+    msgs = chat.parse_messages(LONG)
+    assert len(chat.prompt_ids(tok, msgs)) > BLOCK
+    fitted = chat.fit_conversation(tok, msgs, BLOCK, room=12)
+    assert fitted.messages[0] == msgs[0] and fitted.messages[1:] == msgs[-len(fitted.messages) + 1:]
+    assert fitted.messages[1].role == "user" and fitted.dropped % 2 == 0 and fitted.dropped > 0  # whole turns
+    assert len(fitted.ids) + 12 <= BLOCK and fitted.ids == chat.prompt_ids(tok, fitted.messages)
+    bigger = chat.fit_conversation(tok, msgs, BLOCK, room=0)  # less room for the reply: more turns kept
+    assert bigger.dropped < fitted.dropped and len(bigger.ids) <= BLOCK
+    last = chat.fit_conversation(tok, msgs, BLOCK, room=BLOCK)  # never the last user message's turn
+    assert last.messages == [msgs[0], msgs[-1]]
+    with pytest.raises(chat.ConversationTooLong) as e:
+        chat.fit_conversation(tok, chat.parse_messages([*LONG[:1], {"role": "user", "content": "spell " * 10}]), BLOCK)
+    assert str(e.value) == ("this model's context length is 48 tokens, but the last user message alone takes 70 "
+                            "(with the system message and the reply's opening token); shorten it")
+    # the engine (the Python API, `scratchgpt chat`) fits the conversation the same way
+    lm = scratchgpt.load(sft_run, dtype="float32")
+    assert lm.engine.fit_chat(LONG, lm.settings(max_new_tokens=12)) == fitted
+    assert lm.chat(LONG, max_new_tokens=12, seed=2) == lm.chat(fitted.messages, max_new_tokens=12, seed=2)
+
+
+def test_the_server_drops_old_turns_and_says_so(chat_server):
+    openai = pytest.importorskip("openai")
+    base, served = chat_server
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(model=served.name, messages=LONG, max_tokens=12, seed=3)
+    fitted = chat.fit_conversation(served.tokenizer, chat.parse_messages(LONG), BLOCK, chat.reply_room(12, BLOCK))
+    assert raw.headers["x-dropped-messages"] == str(fitted.dropped)
+    r = raw.parse()
+    assert r.usage.prompt_tokens == len(fitted.ids)
+    assert r.choices[0].message.content == Engine(served.model, served.tokenizer).chat(fitted.messages,
+                                                                                       max_new_tokens=12, seed=3)
+    short = client.chat.completions.with_raw_response.create(model=served.name, messages=LONG[-1:], max_tokens=4)
+    assert "x-dropped-messages" not in short.headers  # nothing left out, nothing said
+
+
+def test_terminal_chat_notes_when_old_turns_are_left_out(sft_run):
+    import scratchgpt
+
+    lm = scratchgpt.load(sft_run, dtype="float32")
+    lines = iter(["/system brief", "spell fox", "spell dog", "spell over", "spell lazy", "/quit"])
+    out, err = io.StringIO(), io.StringIO()
+    run_chat(lm.engine, lm.settings(max_new_tokens=12, temperature=0), read=lambda: next(lines), out=out, err=err)
+    notes = [line for line in err.getvalue().splitlines() if line.startswith("note:")]
+    assert notes and "older ones left out, the system message kept" in notes[-1]
+    assert len(out.getvalue().splitlines()) == 4  # every turn answered
+
+
+def test_chat_logprobs_in_openais_shape_whole_and_streamed(chat_server):
+    openai = pytest.importorskip("openai")
+    base, served = chat_server
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30)
+    msgs = [{"role": "user", "content": "spell fox"}]
+    kw = dict(model=served.name, messages=msgs, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    r = client.chat.completions.create(**kw)
+    content = r.choices[0].logprobs.content
+    assert "".join(e.token for e in content) == r.choices[0].message.content and content
+    ids = chat.prompt_ids(served.tokenizer, chat.parse_messages(msgs))
+    for e in content:  # greedy: each token is the most likely one, with the forward's log-probability
+        with torch.no_grad():
+            logp = torch.log_softmax(served.model(torch.tensor([ids]))[0][0, -1].float(), dim=-1)
+        assert e.logprob == pytest.approx(logp.max().item(), abs=1e-5) and e.bytes == list(e.token.encode())
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+        assert [t.logprob for t in e.top_logprobs] == pytest.approx(logp.topk(3).values.tolist(), abs=1e-5)
+        ids.append(int(logp.argmax()))
+    streamed = [e for chunk in client.chat.completions.create(**kw, stream=True) for c in chunk.choices
+                if c.logprobs for e in c.logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    plain = client.chat.completions.create(model=served.name, messages=msgs, max_tokens=8, temperature=0)
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == r.choices[0].message.content

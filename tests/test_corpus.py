@@ -18,25 +18,25 @@ from scratchgpt.cli import main
 from scratchgpt.corpus import is_val, prepare_corpus
 from scratchgpt.data import BatchLoader, load_meta
 from scratchgpt.errors import DataError
-from scratchgpt.tokenizers import CharTokenizer
+from scratchgpt.tokenizers import CharTokenizer, Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 tiktoken = pytest.importorskip("tiktoken")
 
 
-class ByteTokenizer:
+class ByteTokenizer(Tokenizer):
     """Byte-level tiktoken encoding built locally (no download), with <|endoftext|> = 256."""
 
     kind = "bytes"
     vocab_size = 257
-    eot_id = 256
+    eot_token = eot_id = 256
 
     def __init__(self):
         self.enc = tiktoken.Encoding(
             name="bytes", pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
             mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={"<|endoftext|>": 256})
 
-    def encode_ordinary(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids: list[int]) -> str:
@@ -46,12 +46,12 @@ class ByteTokenizer:
         return {"kind": self.kind}
 
 
-class WideTokenizer:
+class WideTokenizer(Tokenizer):
     """A vocabulary over 65536 for the price of nothing: id = code point + 65536; end of text is the last id."""
 
     kind = "wide"
     vocab_size = 70_000
-    eot_id = 69_999
+    eot_token = 69_999
 
     def encode(self, text: str) -> list[int]:
         return [ord(c) + 65536 for c in text]

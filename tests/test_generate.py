@@ -10,16 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scratchgpt.errors import UserError
-from scratchgpt.generate import DecodeCore, Engine, Request, keep_after_slide
+from scratchgpt.generate import DecodeCore, Engine, PromptError, Request, keep_after_slide
 from scratchgpt.models.bigram import BigramLanguageModel
 from scratchgpt.models.gpt import GPT, GPTConfig
 from scratchgpt.sampling import MAX_NEW_TOKENS_CAP, SamplingSettings, TextStream
-from scratchgpt.tokenizers import CharTokenizer
+from scratchgpt.tokenizers import CharTokenizer, Tokenizer
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65
 
 
-class ByteTokenizer:
+class ByteTokenizer(Tokenizer):
     """Byte-level stand-in for a BPE tokenizer: ids 0..255 are bytes, so one character can span tokens."""
 
     kind = "bytes"
@@ -175,6 +175,37 @@ def test_prefill_fills_the_cache_and_gives_the_models_last_logits():
     assert core.cache.k[:, :, :, :6].abs().sum() > 0 and core.cache.k[:, :, :, 6:].abs().sum() == 0
 
 
+def test_the_core_keeps_its_records_and_checks_prompts_once():
+    """A request is the caller's: the core reads it and keeps lanes, generator and scores in its own records
+    (the same request can be added to two cores); bad prompts are one typed error, the same from the core and
+    the engine."""
+    model = model_for("char")
+    s = SamplingSettings(max_new_tokens=3, seed=4)
+    req = Request(prompts_for(model, [5, 3]), 2, s, logprobs=1, prompt_logprobs=True)
+    before = dict(vars(req))
+    a, b = DecodeCore(model, lanes=4), DecodeCore(model, lanes=8)
+    with torch.no_grad():
+        a.add([req])
+        b.add([req])
+        assert vars(req) == before  # nothing written into it
+        assert [x.tokens.tolist() for x in a.sample()] == [x.tokens.tolist() for x in b.sample()]
+        chosen, values, ids = a.prompt_scores(req)[0]
+        assert chosen.shape == (4,) and values.shape == ids.shape == (4, 1)
+        a.release(req)
+        assert a.active == 0 and b.active == 4 and vars(req) == before
+    V, W = model.config.vocab_size, model.config.block_size
+    for bad, too_long in (([[1, V]], False), ([[]], False), ([[1] * (W + 1)], True)):
+        with pytest.raises(PromptError) as e:
+            a.check(bad)
+        assert e.value.too_long is too_long and e.value.index == 0
+    with pytest.raises(PromptError, match=rf"prompt token ids must be in \[0, {V}\)"):
+        Engine(model).generate_ids([[0], [1, V]], max_new_tokens=1)
+    with pytest.raises(PromptError) as e:
+        DecodeCore(model, lanes=1).add([Request([[1, 2, -1]], 1, s)])
+    assert e.value.detail.startswith("token ids must be in")
+    assert len(Engine(model).generate_ids([[1] * (W + 5)], max_new_tokens=2)[0]) == 2  # the engine keeps its end
+
+
 # ---- text: streaming, stop strings, bad input --------------------------------------------------------
 
 def char_engine(**kw) -> Engine:
@@ -288,7 +319,10 @@ def test_generation_stops_at_end_of_text_unless_asked_to_go_on(bpe_tokenizer):
     assert engine.generate_ids([tok.encode("the")], max_new_tokens=20, temperature=0) == [[]]
     on = engine.generate_ids([tok.encode("the")], max_new_tokens=6, temperature=0, ignore_eos=True)
     assert on == [[eot, the] * 3]
-    assert engine.generate("the", max_new_tokens=4, temperature=0, ignore_eos=True) == tok.decode([eot, the] * 2)
+    # past it, <|endoftext|> adds no text (special tokens are never text) unless asked to show them
+    assert engine.generate("the", max_new_tokens=4, temperature=0, ignore_eos=True) == tok.decode([the] * 2)
+    assert engine.generate("the", max_new_tokens=4, temperature=0, ignore_eos=True,
+                           skip_special_tokens=False) == tok.decode([eot, the] * 2)
     # rows end on their own: one batch, one row stops at once, the other runs its length
     rows = engine.generate_ids([tok.encode("the"), tok.encode("caf")], max_new_tokens=5, temperature=0)
     assert rows[0] == [] and len(rows[1]) == 5

@@ -21,6 +21,7 @@ from scratchgpt.interop import hf
 from scratchgpt.interop.hf_tokenizer import GPT2_PATTERN, hf_to_ranks, hf_tokenizer_files, ranks_to_hf
 from scratchgpt.models import build_model
 from scratchgpt.tokenizers import CharTokenizer
+from scratchgpt.tokenizers.bpe import TiktokenTokenizer
 from scratchgpt.train import train
 
 transformers = pytest.importorskip("transformers")  # the dev extra; the reference implementation
@@ -336,13 +337,13 @@ def _train_ranks(text: str, n_merges: int) -> dict[bytes, int]:
     return ranks
 
 
-class _TiktokenTokenizer:
+class _TiktokenTokenizer(TiktokenTokenizer):
     """A tokenizer built on a tiktoken Encoding, as the gpt2 kind is."""
 
     kind = "test-bpe"
 
     def __init__(self, enc):
-        self.enc = enc
+        self._enc = enc
 
 
 def test_tokenizer_files_match_transformers(tmp_path):

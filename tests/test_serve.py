@@ -16,14 +16,15 @@ openai = pytest.importorskip("openai")
 
 from scratchgpt.checkpoint import load_model as ckpt_load  # noqa: E402
 from scratchgpt.cli import main as cli_main  # noqa: E402
+from scratchgpt.completion import Ended, Failed, Finished, TextPiece  # noqa: E402
 from scratchgpt.generate import Engine  # noqa: E402
 from scratchgpt.models import GPT, GPTConfig  # noqa: E402
 from scratchgpt.models.bigram import BigramLanguageModel  # noqa: E402
 from scratchgpt.sampling import SamplingSettings  # noqa: E402
 from scratchgpt.serve import ServeLimits, create_app  # noqa: E402
 from scratchgpt.serve.scheduler import Scheduler  # noqa: E402
-from scratchgpt.tokenizers import CharTokenizer  # noqa: E402
-from serve_util import held_after, make_run, running_server, wait_for  # noqa: E402
+from scratchgpt.tokenizers import CharTokenizer, Tokenizer  # noqa: E402
+from serve_util import gate, held_after, make_run, running_server, special_chain_app, wait_for  # noqa: E402
 
 LIMITS = ServeLimits(max_batch=8, max_tokens=300, max_n=4, max_prompt_tokens=100, max_waiting=16)
 
@@ -54,6 +55,9 @@ def engine(server):
 # ---- the scheduler on its own ------------------------------------------------------------------------------
 
 class Collector:
+    """A job's events as the scheduler emits them: texts and finish reasons per row, then `end` (Ended or
+    Failed)."""
+
     def __init__(self):
         self.texts: dict[int, str] = {}
         self.reasons: dict[int, str] = {}
@@ -62,12 +66,12 @@ class Collector:
         self.first = threading.Event()
 
     def __call__(self, ev):
-        if ev[0] == "text":
-            self.texts[ev[1]] = self.texts.get(ev[1], "") + ev[2]
+        if isinstance(ev, TextPiece):
+            self.texts[ev.row] = self.texts.get(ev.row, "") + ev.text
             self.first.set()
-        elif ev[0] == "finish":
-            self.reasons[ev[1]] = ev[2]
-        else:
+        elif isinstance(ev, Finished):
+            self.reasons[ev.row] = ev.reason
+        elif isinstance(ev, (Ended, Failed)):
             self.end = ev
             self.done.set()
 
@@ -101,7 +105,7 @@ def test_scheduler_matches_engine_whatever_runs_beside(kind):
         (["ab"], 1, SamplingSettings(max_new_tokens=30, temperature=0)),
         (["p"], 1, SamplingSettings(max_new_tokens=0, seed=1)),
     ]
-    sched.pause()
+    gate(sched).pause()
     sched.start()
     try:
         outs = []
@@ -109,13 +113,13 @@ def test_scheduler_matches_engine_whatever_runs_beside(kind):
             c = Collector()
             assert sched.submit([eng.encode(p) for p in prompts], n, s, c) is not None
             outs.append(c)
-        sched.resume()
+        gate(sched).resume()
         for c in outs:
             assert c.done.wait(20)
         for (prompts, n, s), c in zip(jobs, outs, strict=True):
             want = eng.generate(prompts, s, num_samples=n)
             assert c.rows(len(prompts) * n) == want
-            assert c.end[0] == "end" and c.end[1]["completion_tokens"] == len(prompts) * n * s.max_new_tokens
+            assert isinstance(c.end, Ended) and c.end.usage.completion_tokens == len(prompts) * n * s.max_new_tokens
             assert set(c.reasons.values()) == {"length"}
         assert sched.peak_jobs == len(jobs)
         assert sched.stats()["active_rows"] == 0
@@ -173,50 +177,52 @@ def test_bpe_model_streams_whole_characters_and_stops_at_endoftext():
         c = Collector()
         sched.submit([tok.encode("the")], 1, SamplingSettings(max_new_tokens=40, temperature=0), c)
         assert c.done.wait(20)
-        assert c.rows(1) == [""] and c.reasons == {0: "stop"} and c.end[1]["completion_tokens"] == 1
+        assert c.rows(1) == [""] and c.reasons == {0: "stop"} and c.end.usage.completion_tokens == 1
         c = Collector()  # asked to go on, it does
         sched.submit([tok.encode("the")], 1, SamplingSettings(max_new_tokens=5, temperature=0, ignore_eos=True), c)
         assert c.done.wait(20)
-        assert c.reasons == {0: "length"} and c.end[1]["completion_tokens"] == 5
+        assert c.reasons == {0: "length"} and c.end.usage.completion_tokens == 5
     finally:
         sched.stop()
 
 
-class FlakyTokenizer:
-    """The char tokenizer, except that decoding text that starts with "\u00a7" (after the first token) fails:
-    a job whose prompt ends in two of them breaks while generating (its text stream decodes the last two
-    prompt tokens with each new one), and must break alone."""
+class FlakyTokenizer(Tokenizer):
+    """The char tokenizer, except that decoding text that starts with its `trigger` character (after the first
+    token) fails: a job whose prompt ends in two of them breaks while generating (its text stream decodes the
+    last two prompt tokens with each new one), and must break alone."""
 
     def __init__(self, inner):
-        # "\u00a7" sorts last, so saying the vocabulary ends before it keeps the model from ever sampling one
-        self.inner, self.kind, self.vocab_size = inner, inner.kind, inner.vocab_size - 1
+        self.inner, self.kind, self.vocab_size = inner, inner.kind, inner.vocab_size
+        self.trigger: str | None = None
 
     def encode(self, text):
         return self.inner.encode(text)
 
     def decode(self, ids):
         text = self.inner.decode(ids)
-        if text.startswith("\u00a7") and len(ids) > 1:
+        if self.trigger is not None and text.startswith(self.trigger) and len(ids) > 1:
             raise RuntimeError("this tokenizer cannot decode that")
         return text
 
 
 def test_one_jobs_failure_never_touches_another():
-    tok = FlakyTokenizer(CharTokenizer.from_text("abcdefghij klmnop\n\u00a7"))
+    tok = FlakyTokenizer(CharTokenizer.from_text("abcdefghij klmnop\n"))
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=tok.vocab_size + 1)).eval()
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=tok.vocab_size)).eval()
+    s = SamplingSettings(max_new_tokens=30, seed=1)
+    want = Engine(model, tok).generate("abc", s)
+    tok.trigger = min(set(tok.inner.chars) - set("abc" + want))  # a character the good job never decodes
     sched = Scheduler(model, tok, max_batch=4)
-    sched.pause()
+    gate(sched).pause()
     sched.start()
     try:
         good, bad, after = Collector(), Collector(), Collector()
-        s = SamplingSettings(max_new_tokens=30, seed=1)
         sched.submit([tok.encode("abc")], 1, s, good)
-        sched.submit([tok.encode("ab\u00a7\u00a7")], 2, s, bad)
-        sched.resume()  # both in one batch
+        sched.submit([tok.encode("ab" + 2 * tok.trigger)], 2, s, bad)
+        gate(sched).resume()  # both in one batch
         assert bad.done.wait(20) and good.done.wait(20)
-        assert bad.end[0] == "error" and "cannot decode" in bad.end[1]
-        assert good.end[0] == "end" and good.rows(1) == [Engine(model, tok).generate("abc", s)]
+        assert isinstance(bad.end, Failed) and "cannot decode" in bad.end.message
+        assert isinstance(good.end, Ended) and good.rows(1) == [want]
         sched.submit([tok.encode("abc")], 1, s, after)  # and the server goes on serving
         assert after.done.wait(20) and after.rows(1) == good.rows(1)
     finally:
@@ -399,7 +405,7 @@ def test_damaged_optional_run_files_never_stop_serving(run_dir, tmp_path):
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
 
 
-class SlowTokenizer:
+class SlowTokenizer(Tokenizer):
     """A tokenizer that takes a second to encode a prompt that asks for it."""
 
     def __init__(self, inner):
@@ -515,14 +521,14 @@ def test_a_client_that_disconnects_mid_stream_frees_its_lanes(server):
     idle = lambda: sched.stats()["active_rows"] == 0 and sched.stats()["waiting_requests"] == 0  # noqa: E731
     wait_for(idle, what=lambda: f"an idle scheduler ({sched.stats()})")
     before = sched.stats()["tokens_generated"]
-    with held_after(sched, 4):  # the scheduler holds after a few tokens: the request cannot run to its end
+    with held_after(sched, 4) as held:  # the scheduler holds after a few tokens: the request cannot run to its end
         with httpx.stream("POST", f"{base}/v1/completions",
                           json={"prompt": "line", "max_tokens": 300, "n": 2, "stream": True}) as r:
             assert r.status_code == 200
             lines = r.iter_lines()  # kept: a dropped line iterator closes the response, i.e. disconnects
             assert next(lines).startswith("data: ")
-            wait_for(lambda: sched.paused and sched.stats()["active_rows"] == 2,
-                     what=lambda: f"the request to hold two lanes (paused {sched.paused}, {sched.stats()})")
+            wait_for(lambda: held.paused and sched.stats()["active_rows"] == 2,
+                     what=lambda: f"the request to hold two lanes (paused {held.paused}, {sched.stats()})")
         # the response is closed: the server cancels the job while the scheduler still holds
         wait_for(lambda: sched.jobs() and all(j.cancelled for j in sched.jobs()), what="the cancel")
     wait_for(lambda: sched.stats()["active_rows"] == 0, what="the lanes to be freed")
@@ -539,7 +545,7 @@ def test_concurrent_requests_are_decoded_in_one_batch(server, client, engine):
         r = client.completions.create(model=served.name, prompt=prompts[i], max_tokens=20, seed=i)
         results[i] = r.choices[0].text
 
-    sched.pause()
+    gate(sched).pause()
     sched.peak_jobs = 0
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
     try:
@@ -547,7 +553,7 @@ def test_concurrent_requests_are_decoded_in_one_batch(server, client, engine):
             t.start()
         wait_for(lambda: sched.stats()["waiting_requests"] == len(prompts), what="all requests to queue")
     finally:
-        sched.resume()
+        gate(sched).resume()
     for t in threads:
         t.join(30)
     assert sched.peak_jobs == len(prompts)  # all four decoded together
@@ -597,7 +603,7 @@ def test_many_streaming_clients_finish_or_fail_cleanly_while_health_answers(serv
 
 def test_a_full_queue_answers_503_and_recovers(server, client):
     base, sched, served = server
-    sched.pause()
+    gate(sched).pause()
     old = sched.max_waiting
     sched.max_waiting = 1
     first: list = []
@@ -610,7 +616,7 @@ def test_a_full_queue_answers_503_and_recovers(server, client):
         assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
     finally:
         sched.max_waiting = old
-        sched.resume()
+        gate(sched).resume()
     t.join(30)
     assert first and first[0].usage.completion_tokens == 5
 
@@ -640,3 +646,23 @@ def test_cli_serve_errors_are_one_sentence(tmp_path, capsys):
     assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err
     assert cli_main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert "--max-batch: must be positive" in capsys.readouterr().err  # refused as it is parsed
+
+
+# ---- special tokens are never text unless asked ----------------------------------------------------------------
+
+def test_special_tokens_are_never_rendered_as_text_unless_asked():
+    app, tok = special_chain_app(LIMITS)
+    with running_server(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30)
+        kw = dict(model="chain", prompt="a", max_tokens=6, temperature=0)
+        assert client.completions.create(**kw).choices[0].text == "bab"
+        streamed = "".join(c.choices[0].text for c in client.completions.create(**kw, stream=True) if c.choices)
+        assert streamed == "bab"
+        shown = client.completions.create(**kw, extra_body={"skip_special_tokens": False}).choices[0].text
+        assert shown == "<|assistant_end|>b<|user_start|>a<|assistant_end|>b"  # vLLM's flag shows them
+        lp = client.completions.create(**kw, logprobs=1, echo=True).choices[0]
+        assert lp.text == "abab" and lp.logprobs.tokens == ["a", "<|assistant_end|>", "b", "<|user_start|>", "a",
+                                                             "<|assistant_end|>", "b"]
+        assert lp.logprobs.text_offset == [0, 1, 1, 2, 2, 3, 3]  # a hidden token takes no room in the text
+        ids = [tok.encode("a")[0], tok.special_tokens["<|user_start|>"]]  # a prompt of ids echoes its text only
+        assert client.completions.create(model="chain", prompt=ids, max_tokens=0, echo=True).choices[0].text == "a"

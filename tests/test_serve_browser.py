@@ -14,7 +14,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 from scratchgpt.generate import Engine  # noqa: E402
 from scratchgpt.serve import ServeLimits, create_app  # noqa: E402
-from serve_util import make_run, running_server, wait_for  # noqa: E402
+from serve_util import gate, make_run, running_server, special_chain_app, wait_for  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -45,6 +45,15 @@ def browser_page(tmp_path_factory):
             ctx.close()
 
 
+def complete(page, fields: dict[str, str]) -> str:
+    """Fill the fields, Generate, wait until done; the completion shown."""
+    for selector, value in fields.items():
+        page.fill(selector, value)
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('status').textContent === 'done'")
+    return page.inner_text("#completion")
+
+
 def test_playground_streams_and_stops(small_text_dir, tmp_path_factory, browser_page):
     run = make_run(small_text_dir, tmp_path_factory.mktemp("browser") / "tiny")
     app = create_app(run, ServeLimits(max_batch=4, max_tokens=2000))
@@ -59,13 +68,8 @@ def test_playground_streams_and_stops(small_text_dir, tmp_path_factory, browser_
         page.wait_for_function("document.getElementById('loss-note').textContent.includes('val loss')")
 
         # a whole generation: the streamed text is the engine's for that seed, tokens/s is shown
-        page.fill("#prompt", "line 1")
-        page.fill("#max-tokens", "25")
-        page.fill("#seed", "3")
-        page.click("#generate")
-        page.wait_for_function("document.getElementById('status').textContent === 'done'")
-        want = engine.generate("line 1", max_new_tokens=25, temperature=0.8, seed=3)
-        assert page.inner_text("#completion") == want
+        shown = complete(page, {"#prompt": "line 1", "#max-tokens": "25", "#seed": "3"})
+        assert shown == engine.generate("line 1", max_new_tokens=25, temperature=0.8, seed=3)
         assert float(page.inner_text("#tps")) > 0 and page.inner_text("#ntokens") == "25"
 
         # a long one: text streams in, then Stop aborts it and the server frees its lane
@@ -73,7 +77,7 @@ def test_playground_streams_and_stops(small_text_dir, tmp_path_factory, browser_
         page.click("#generate")
         assert page.inner_text("#generate") == "Stop"
         page.wait_for_function("document.getElementById('completion').textContent.length > 20")
-        sched.pause()  # hold decoding so that Stop lands mid-stream
+        gate(sched).pause()  # hold decoding so that Stop lands mid-stream
         try:
             streamed = page.inner_text("#completion")
             page.click("#generate")
@@ -81,7 +85,7 @@ def test_playground_streams_and_stops(small_text_dir, tmp_path_factory, browser_
             assert page.inner_text("#generate") == "Generate"
             wait_for(lambda: sched.jobs() and all(j.cancelled for j in sched.jobs()), what="the job's cancel")
         finally:
-            sched.resume()
+            gate(sched).resume()
         wait_for(lambda: sched.stats()["active_rows"] == 0, what="the lane to be freed")
         shown = page.inner_text("#completion")  # char tokens: one character per token
         assert 20 < len(streamed) <= len(shown) < 2000
@@ -133,3 +137,14 @@ def test_playground_chat_mode(small_text_dir, tmp_path_factory, browser_page):
         page.goto(url)
         page.wait_for_function(f"document.getElementById('model-name').textContent === {base.resolve().name!r}")
         assert page.is_disabled("#mode-chat")
+
+
+def test_playground_complete_mode_never_shows_special_tokens(browser_page):
+    """A chat run's special tokens are never text in the Complete mode either (the page continues text through
+    /v1/completions, whose default hides them)."""
+    app, _ = special_chain_app(ServeLimits(max_batch=4))
+    page = browser_page
+    with running_server(app) as url:
+        page.goto(url)
+        page.wait_for_function("document.getElementById('model-name').textContent === 'chain'")
+        assert complete(page, {"#prompt": "a", "#max-tokens": "6", "#temperature": "0"}) == "bab"

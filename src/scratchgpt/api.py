@@ -3,7 +3,7 @@
 Owns `LoadedModel` (a trained run's model, tokenizer and config with one generation engine, so caches
 and CUDA graphs are reused across calls; `score(text)` for log-probabilities) and `load`. Sampling settings
 are keyword arguments: `max_new_tokens`, `temperature` (0 is greedy), `top_k`, `top_p`, `stop` (a string or
-several), `seed`, `ignore_eos`. Does not own checkpoint loading (`checkpoint.py`), generation (`generate.py`) or scoring (`evaluate.py`).
+several), `seed`, `ignore_eos`, `skip_special_tokens` (default true: special tokens add no text). Does not own checkpoint loading (`checkpoint.py`), generation (`generate.py`) or scoring (`evaluate.py`).
 """
 
 from __future__ import annotations

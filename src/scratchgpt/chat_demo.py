@@ -4,16 +4,20 @@ Synthetic conversations a small character-level model can learn, about words dra
 spelling a word letter by letter ("spell crown" -> "c-r-o-w-n"), reversing it ("reverse crown" -> "nworc")
 and counting its letters ("how many letters in crown?" -> "five"; tiny Shakespeare has one digit, so numbers
 are words). The words are split in two: `train.jsonl` asks about one part, `heldout.jsonl` about the other,
-so every held-out question is about a word the fine-tuning never saw. Then:
+so every held-out question is about a word the fine-tuning never saw. A quarter of the training conversations
+ask a second question after the first answer (when both fit the base run's context): a model fine-tuned on
+single exchanges only has never seen a reply follow another, and answers a second turn with nothing or
+noise. Then:
 
     DATA/chat_demo_src/     train.jsonl, heldout.jsonl
     RUNS/chat_demo_base/    the base: recipe chat/demo_base on DATA/shakespeare_char (reused when it holds a run)
     DATA/chat_demo/         the conversations, prepared with the base's tokenizer and the chat template
     RUNS/chat_demo/         the fine-tuned run: recipe chat/demo_sft (replaced when it holds an earlier demo's)
 
-and both models answer every held-out question greedily; the last line is
-`held-out accuracy: base X%, chat Y%` (an answer counts when it is exactly the expected text; the base is
-asked as fine-tuning starts from it, the template's new tokens added).
+and both models answer every held-out question greedily; the fine-tuned one also answers them as the second
+turn of a conversation (a line of its own), and the last line is `held-out accuracy: base X%, chat Y%` (an
+answer counts when it is exactly the expected text; the base is asked as fine-tuning starts from it, the
+template's new tokens added).
 
 Owns the questions, the order of the steps and the scoring. Does not own training (`train/`), the chat
 template (`chat.py`), preparing data (`data.py`, `chat_data.py`) or generation (`generate.py`).
@@ -40,9 +44,11 @@ from .data import prepare_shakespeare_char, shakespeare_source
 from .generate import Engine
 from .models import build_model
 from .outputs import Kind, claim
+from .sampling import SamplingSettings
 from .train import train
 
 NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+CONTEXT = 64  # configs/chat/demo_base.toml's block_size: a training conversation must fit it
 SEED = 1337
 BASE, SFT = "chat/demo_base", "chat/demo_sft"
 _TINY_TRAIN = ["--train.max_iters=2", "--train.eval_interval=2", "--train.eval_iters=1", "--train.batch_size=4",
@@ -56,8 +62,17 @@ def questions(word: str) -> list[tuple[str, str]]:
             (f"how many letters in {word}?", NUMBERS[len(word)])]
 
 
-def _conversation(q: str, a: str) -> str:
-    return json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+def turn(q: str, a: str) -> list[dict]:
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+
+def fits(messages: list[dict]) -> bool:
+    """Whether a conversation fits the demo's context: one token per character, two per message's marks."""
+    return sum(len(m["content"]) + 2 for m in messages) <= CONTEXT
+
+
+def _conversation(messages: list[dict]) -> str:
+    return json.dumps({"messages": messages})
 
 
 # what the data step writes: a new or empty directory, or one holding these two files (replaced whole, other
@@ -76,10 +91,17 @@ def make_data(corpus: Path, out: Path, train_size: int, heldout_words: int, seed
     rng = random.Random(seed)
     rng.shuffle(words)
     held, train_words = words[:heldout_words], words[heldout_words:]
-    rows = [_conversation(*rng.choice(questions(rng.choice(train_words)))) for _ in range(train_size)]
+    rows = []
+    for i in range(train_size):
+        messages = turn(*rng.choice(questions(rng.choice(train_words))))
+        if i % 4 == 0:  # a second question after the first answer, when both fit the context
+            second = messages + turn(*rng.choice(questions(rng.choice(train_words))))
+            messages = second if fits(second) else messages
+        rows.append(_conversation(messages))
     with target.stage() as stage:
         (stage / "train.jsonl").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-        (stage / "heldout.jsonl").write_text("".join(_conversation(q, a) + "\n" for w in held for q, a in questions(w)),
+        (stage / "heldout.jsonl").write_text("".join(_conversation(turn(q, a)) + "\n" for w in held
+                                                     for q, a in questions(w)),
                                              encoding="utf-8")
     echo(f"wrote {out}: {train_size} training conversations about {len(train_words)} words, "
          f"{3 * len(held)} held-out questions about {len(held)} other words")
@@ -95,13 +117,17 @@ def base_at_step_zero(base: Path) -> Engine:
     return Engine(model.eval(), tok)
 
 
-def accuracy(engine: Engine, items: list[tuple[str, str]]) -> float:
+def _settings(answer: str) -> SamplingSettings:
+    return SamplingSettings(max_new_tokens=len(answer) + 8, temperature=0)
+
+
+def accuracy(engine: Engine, items: list[tuple[list[dict], str]]) -> float:
+    """The share of conversations whose greedy reply is exactly the expected answer."""
     right = 0
     with torch.no_grad():
-        for q, a in items:
-            reply = engine.chat([{"role": "user", "content": q}], max_new_tokens=len(a) + 8, temperature=0)
-            right += reply == a
-    return right / len(items)
+        for messages, a in items:
+            right += engine.chat(messages, _settings(a)) == a
+    return right / max(len(items), 1)
 
 
 def score(base: Path, run: Path, questions_file: Path) -> str:
@@ -110,8 +136,15 @@ def score(base: Path, run: Path, questions_file: Path) -> str:
     for line in questions_file.read_text(encoding="utf-8").splitlines():
         m = json.loads(line)["messages"]
         items.append((m[0]["content"], m[1]["content"]))
-    chat_acc = accuracy(load(run, device="cpu", dtype="float32").engine, items)
-    base_acc = accuracy(base_at_step_zero(base), items)
+    single = [([{"role": "user", "content": q}], a) for q, a in items]
+    engine = load(run, device="cpu", dtype="float32").engine
+    chat_acc = accuracy(engine, single)
+    base_acc = accuracy(base_at_step_zero(base), single)
+    # the same questions as a second turn, after the previous question and its answer (only where the model
+    # sees both: the conversation fits the context with room for the reply, so no turn is left out)
+    asked = [(turn(*items[i - 1]) + [{"role": "user", "content": q}], a) for i, (q, a) in enumerate(items) if i]
+    second = [(m, a) for m, a in asked if not engine.fit_chat(m, _settings(a)).dropped]
+    echo(f"held-out accuracy as a second turn: chat {100 * accuracy(engine, second):.0f}% ({len(second)} questions)")
     return f"held-out accuracy: base {100 * base_acc:.0f}%, chat {100 * chat_acc:.0f}%"
 
 

@@ -154,7 +154,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .api import load
-    from .chat import ChatError, has_template
     from .repl import run_chat
     from .sampling import SamplingSettings
 
@@ -162,9 +161,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
                                 top_p=args.top_p, seed=args.seed)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
               cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
-    if not has_template(lm.tokenizer):
-        raise ChatError(f"'{args.run_dir}' has no chat template (its tokenizer lacks the chat special tokens); "
-                        "fine-tune it on conversations (data.format = \"chat\") or use `scratchgpt sample`")
+    lm.tokenizer.require_chat_template()
     run_chat(lm.engine, settings, system=args.system)
     return 0
 
@@ -262,8 +259,8 @@ def _advance(bar):  # a progress(done, total) callback that moves a progress_bar
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    serve(args.run_dir, host=args.host, port=args.port, which=args.which, device=args.device, threads=args.threads,
-          max_batch=args.max_batch, max_tokens=args.max_tokens_cap, max_n=args.max_n,
+    serve(args.run_dir, host=args.host, port=args.port, which=args.which, device=args.device, dtype=args.dtype,
+          threads=args.threads, cuda_graphs=not args.no_cuda_graphs, max_batch=args.max_batch, max_tokens=args.max_tokens_cap, max_n=args.max_n,
           max_prompt_tokens=args.max_prompt_tokens, max_waiting=args.max_waiting, max_stop=args.max_stop,
           max_body_bytes=args.max_body_bytes)
     return 0
@@ -417,9 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop strings a request may give (OpenAI allows 4; harnesses add <|endoftext|> to a task's)")
     pv.add_argument("--max-body-bytes", type=_number(ints(1024, 2**31)), default=4 * 2**20,
                     help="a request body larger than this is answered 413 before it is read whole")
-    pv.add_argument("--which", choices=["best", "last"], default="best", help="which weights to load")
-    pv.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
-    pv.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+    _loading_flags(pv)
 
     pq = sub.add_parser("eval", help="score text with a run: loss, perplexity, bits per byte; multiple-choice accuracy")
     pq.add_argument("run_dir")

@@ -45,7 +45,6 @@ DEFAULT_SHARD_TOKENS = 100_000_000
 BATCH_CHARS = 1 << 20  # text per work item: large enough to amortise inter-process transfer
 BATCH_DOCS = 4096
 IN_FLIGHT_PER_WORKER = 2
-EOT = "<|endoftext|>"
 CHAR_SEPARATOR = "\n\n"
 @dataclass
 class Prepared:
@@ -62,35 +61,6 @@ def resolve_tokenizer(spec: str) -> Tokenizer | None:
     from .tokenizers.resolve import get_tokenizer
 
     return get_tokenizer(spec)
-
-
-def vocab_size_of(tok: Any) -> int:
-    size = getattr(tok, "vocab_size", None)
-    return int(size if size is not None else tok.n_vocab)
-
-
-def end_of_text_id(tok: Any) -> int | None:
-    """The tokenizer's `<|endoftext|>` id, or None when it has none (char)."""
-    for attr in ("eot_id", "eot_token"):
-        try:
-            value = getattr(tok, attr, None)
-        except KeyError:  # tiktoken's eot_token on an encoding without one
-            value = None
-        if isinstance(value, int):
-            return value
-    specials = getattr(tok, "special_tokens", None)
-    if isinstance(specials, dict) and isinstance(specials.get(EOT), int):
-        return specials[EOT]
-    return None
-
-
-def _encoder(tok: Any) -> Callable[[str], Any]:
-    # encode_array: numpy fast path (char); encode_ordinary: text that happens to contain "<|endoftext|>"
-    # is plain text, never the special token
-    for name in ("encode_array", "encode_ordinary", "encode"):
-        if hasattr(tok, name):
-            return getattr(tok, name)
-    raise TypeError(f"{type(tok).__name__} has no encode method")
 
 
 def _usable_cores() -> int:
@@ -119,7 +89,7 @@ def _init_worker(state: dict[str, Any]) -> None:
     _STATE.clear()
     _STATE.update(state)
     if "tokenizer" in state:
-        _STATE["encode"] = _encoder(state["tokenizer"])
+        _STATE["encode"] = state["tokenizer"].encode_array  # plain text: "<|endoftext|>" typed is text
 
 
 def _init_pool_worker(state: dict[str, Any]) -> None:
@@ -341,10 +311,10 @@ def _build(sources: list[Source], staging: Path, tok: Tokenizer | None, workers:
         for seen in _parallel(_chars_batch, batches(), workers, state):
             chars |= seen
         tok = CharTokenizer(sorted(chars))
-    vocab = vocab_size_of(tok)
+    vocab = tok.vocab_size
     dtype = dtype_for(vocab)
-    eot = end_of_text_id(tok)
-    separator = [eot] if eot is not None else [int(i) for i in _encoder(tok)(CHAR_SEPARATOR)]
+    eot = tok.eot_token
+    separator = [eot] if eot is not None else [int(i) for i in tok.encode_array(CHAR_SEPARATOR)]
     state.update(tokenizer=tok, vocab_size=vocab, dtype=dtype, separator=np.array(separator, dtype=np.int64))
 
     writers = [_ShardWriter(staging, "train", shard_tokens), _ShardWriter(staging, "val", shard_tokens)]

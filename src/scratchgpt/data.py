@@ -66,7 +66,7 @@ def prepare_text(
     out = outputs.claim(out_dir, outputs.DATA, "prepare text", force=force, variant="text", inputs=[input_path])
     text = read_utf8(input_path)
     tok = build_tokenizer(tokenizer, text, vocab_size) if isinstance(tokenizer, str) else tokenizer
-    ids = tok.encode_array(text) if hasattr(tok, "encode_array") else np.asarray(tok.encode(text), dtype=np.int64)
+    ids = tok.encode_array(text)
     n_train = int(len(ids) * (1 - val_fraction))
     splits = {"train": ids[:n_train], "val": ids[n_train:]}
     for name, part in splits.items():

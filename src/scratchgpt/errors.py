@@ -30,6 +30,10 @@ class CheckpointError(UserError):
     """A run directory that is not one, or a corrupt, truncated or unsafe checkpoint."""
 
 
+class ChatError(UserError):
+    """A conversation that is not one (an unknown role, empty messages), or a run without the chat template."""
+
+
 class DiskError(UserError, OSError):
     """A write the filesystem refused (full, read-only, no permission): names the path and what was kept.
     Also an OSError, so code that handles a failed write as one still does."""

@@ -15,7 +15,10 @@ from t_{kS} .. t_{i-1}, k the first window that reaches it. S = B (the default) 
 in which each position predicts from its in-window prefix: exactly the windows of `BatchLoader.sequential`,
 the training run's full-split val loss, except that the trainer drops the text's last partial window and this
 scores it. A smaller S gives every scored token at least B - S tokens of context (as in Hugging Face's
-perplexity guide), at B / S times the compute.
+perplexity guide), at B / S times the compute. A window shorter than B also feeds the token after its last
+prediction (nobody scores what it predicts): a text that fits the context is then one forward of the whole
+text, the shape the server's prefill gives it, so the server's echo log-probabilities, `score` and `eval` are
+the same numbers in bf16 too (bf16 attention rounds differently at different lengths).
 
 Figures: loss = mean -ln p over the scored tokens (nats), perplexity = exp(loss), bits per byte = total
 -ln p / ln 2 / the UTF-8 bytes those tokens cover, which are the text's bytes less the first token's. Bytes,
@@ -47,6 +50,7 @@ from .fileio import read_utf8
 from .limits import MAX_CHOICES
 from .runtime import Runtime
 from .schema import ListOf, Str, read_jsonl
+from .tokenizers import Tokenizer
 
 LN2 = math.log(2.0)
 SOFTMAX_ROWS = 2048  # positions per float32 log-softmax: 2048 x GPT-2's 50,257 logits is 400 MB
@@ -77,9 +81,11 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """ln p(y[r, t] | x[r, :t + 1]) at each masked (r, t), in row-major order, float32 on the CPU."""
+    """ln p(y[r, t] | x[r, :t + 1]) at each masked (r, t), in row-major order, float32 on the CPU. x may be
+    longer than y (fed tokens whose predictions nobody scores)."""
     with rt.autocast():
-        logits, _ = model(x)  # (b, T, V)
+        logits, _ = model(x)  # (b, T', V), T' >= T
+    logits = logits[:, :y.size(1)]  # (b, T, V)
     rows, cols = mask.nonzero(as_tuple=True)  # (M,) each: only the scored positions go through the softmax
     out = []
     for r, c in zip(rows.split(SOFTMAX_ROWS), cols.split(SOFTMAX_ROWS), strict=True):  # bounded float32 copies
@@ -108,7 +114,10 @@ def score_tokens(model: nn.Module, ids: Sequence[int] | np.ndarray, block_size: 
         xy = torch.from_numpy(ids[starts[:, None] + np.arange(length + 1)]).to(device)  # (b, T + 1)
         scored = torch.tensor([n for _, _, n in group], device=device)  # (b,)
         mask = torch.arange(length, device=device) >= (length - scored)[:, None]  # (b, T): the last n of each row
-        parts.append(_logprobs(model, xy[:, :-1], xy[:, 1:], mask, rt))
+        # a window shorter than the block also feeds its last token (its prediction is not scored): the very
+        # shape the server's prefill of that text has, so in bf16 both compute the same numbers
+        x = xy if length < block_size else xy[:, :-1]
+        parts.append(_logprobs(model, x, xy[:, 1:], mask, rt))
         if bar is not None:
             bar.update(int(scored.sum()))
         i = j
@@ -149,22 +158,21 @@ class TextScore:
         return self.nats / LN2 / self.scored_bytes
 
 
-def encode(tokenizer: Any, text: str) -> np.ndarray:
+def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
     """The text's ids as plain text (special-token strings are not control tokens here)."""
-    if hasattr(tokenizer, "encode_array"):
-        return tokenizer.encode_array(text)
-    return np.asarray(tokenizer.encode(text), dtype=np.int64)
+    return tokenizer.encode_array(text)
 
 
-def first_token_bytes(tokenizer: Any, ids: np.ndarray, text: str) -> int:
+def first_token_bytes(tokenizer: Tokenizer, ids: np.ndarray, text: str) -> int:
     """UTF-8 bytes of the text's first token, which no window predicts.
 
-    Byte-level tokenizers (bpe, gpt2) know each token's bytes. Otherwise: the token's text when the text starts
-    with it (char, a known word, a SentencePiece piece); else (a word's `<unk>`) the longest prefix of the text
-    that encodes to that one token; else (a SentencePiece byte piece of a character) one byte."""
+    The token's bytes when the text starts with them (every byte-level token; char, a known word, a
+    SentencePiece piece); else (a word's `<unk>`) the longest prefix of the text that encodes to that one token;
+    else (a SentencePiece byte piece of a character) one byte."""
     first = [int(ids[0])]
-    if hasattr(tokenizer, "decode_bytes"):
-        return len(tokenizer.decode_bytes(first))
+    raw = tokenizer.decode_bytes(first)
+    if raw and text.encode("utf-8", errors="surrogatepass").startswith(raw):
+        return len(raw)
     piece = tokenizer.decode(first)
     if piece and text.startswith(piece) and list(encode(tokenizer, piece)) == first:
         return len(piece.encode("utf-8"))
@@ -178,7 +186,7 @@ def first_token_bytes(tokenizer: Any, ids: np.ndarray, text: str) -> int:
     return len(text[:longest].encode("utf-8")) if longest else 1
 
 
-def _encode_text(tokenizer: Any, text: str, name: str) -> np.ndarray:
+def _encode_text(tokenizer: Tokenizer, text: str, name: str) -> np.ndarray:
     try:
         ids = encode(tokenizer, text)
     except UserError as e:
@@ -189,14 +197,14 @@ def _encode_text(tokenizer: Any, text: str, name: str) -> np.ndarray:
     return ids
 
 
-def _score_ids(model: nn.Module, tokenizer: Any, ids: np.ndarray, text: str, block_size: int, stride: int | None,
+def _score_ids(model: nn.Module, tokenizer: Tokenizer, ids: np.ndarray, text: str, block_size: int, stride: int | None,
                batch_size: int, rt: Runtime | None, bar: ProgressBar | None) -> TextScore:
     logprobs = score_tokens(model, ids, block_size, stride, batch_size, rt, bar)
     scored_bytes = len(text.encode("utf-8", errors="surrogatepass")) - first_token_bytes(tokenizer, ids, text)
     return TextScore(ids.tolist(), logprobs, max(scored_bytes, 1))
 
 
-def score_text(model: nn.Module, tokenizer: Any, text: str, block_size: int, stride: int | None = None,
+def score_text(model: nn.Module, tokenizer: Tokenizer, text: str, block_size: int, stride: int | None = None,
                batch_size: int = 8, rt: Runtime | None = None, bar: ProgressBar | None = None,
                name: str = "the text") -> TextScore:
     """Tokenize text and score every token after the first (see the module docstring)."""
@@ -235,7 +243,7 @@ def read_choices(path: str | Path) -> list[Question]:
     return questions
 
 
-def _choice_rows(tokenizer: Any, q: Question, block_size: int, path: str | Path) -> list[tuple[list[int], int]]:
+def _choice_rows(tokenizer: Tokenizer, q: Question, block_size: int, path: str | Path) -> list[tuple[list[int], int]]:
     """(token ids of context + choice, cut to block_size + 1 from the left; the choice's token count) per choice."""
     def enc(text: str) -> list[int]:
         try:
@@ -268,7 +276,7 @@ class ChoiceScore:
     logprobs: list[list[float]] = field(repr=False)  # per question, per choice: the sum of ln p of its tokens
 
 
-def score_choices(model: nn.Module, tokenizer: Any, questions: list[Question], block_size: int,
+def score_choices(model: nn.Module, tokenizer: Tokenizer, questions: list[Question], block_size: int,
                   batch_size: int = 8, rt: Runtime | None = None, bar: ProgressBar | None = None,
                   path: str | Path = "choices") -> ChoiceScore:
     """Accuracy and length-normalised accuracy; choices of similar length share a forward pass (right-padded:

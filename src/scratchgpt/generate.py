@@ -8,13 +8,18 @@ Owns:
   equal length in one forward, across requests; a prompt's samples share its prefill), the decode step (one
   forward for every active row; on CUDA a graph captured per bucket of batch sizes), sliding the window past
   the block, sampling (each request with its own settings and random generator) and log-probabilities. It is
-  token-only: no text, no tokenizer. `Engine` drives it for one batch; the server's continuous batching
-  (`serve/scheduler.py`) drives the same core with requests that come and go.
-- `Engine`: text in, text out (tokenizing, cropping an over-long prompt and saying so once, whole characters,
-  stop strings, the end-of-text rule), a conversation's reply through the chat template (`chat`), plus the
-  token-level `token_steps` and `generate_ids`.
+  token-only: no text, no tokenizer. Its per-request state (lanes, generator, prompt scores) lives in its own
+  records, never in the caller's `Request`. `Engine` drives it for one batch; the server's continuous
+  batching (`serve/scheduler.py`) drives the same core with requests that come and go.
+- `check_prompts` and `PromptError`: the one check of prompt lengths and token ids (the core runs it on
+  every request; the engine and the server run it before any work, the server answering a 400 from it).
+- `Engine`: text in, text out (tokenizing, cropping an over-long prompt and saying so once, a conversation's
+  reply through the chat template, older turns dropped to fit), plus the token-level `token_steps` and
+  `generate_ids`. Each request's text, stop strings, the end-of-text rule and finish reasons come from its
+  `completion.Completion`, as they do in the server.
 - `reference_steps`: the uncached reference that tests and benchmarks compare the core against.
-Does not own sampling maths or text assembly (`sampling.py`), the model (`models/`) or HTTP (`serve/`).
+Does not own sampling maths (`sampling.py`), a request's rows and events (`completion.py`), the model
+(`models/`) or HTTP (`serve/`).
 
 Rows. Every row (one sample of one prompt) owns one lane of the cache; its context starts at slot 0 and its
 token at slot j has position j, exactly as if it were generated alone. The decode step writes each row's new
@@ -48,26 +53,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from . import chat
+from .completion import Completion, Event, TextPiece
 from .console import echo
 from .errors import UserError
 from .sampling import (
     MAX_NEW_TOKENS_CAP,
     SamplingSettings,
-    TextStream,
     sample_next,
     settings_from,
     stop_token_ids,
     token_logprobs,
 )
+from .tokenizers import Tokenizer
 
-__all__ = ["DecodeCore", "Engine", "KVCache", "MAX_NEW_TOKENS_CAP", "Request", "Sampled", "SamplingSettings",
-           "encode_prompt", "generate", "keep_after_slide", "reference_steps", "stream"]
+__all__ = ["DecodeCore", "Engine", "KVCache", "MAX_NEW_TOKENS_CAP", "PromptError", "PromptScores", "Request",
+           "Sampled", "SamplingSettings", "check_prompts", "encode_prompt", "generate", "keep_after_slide",
+           "reference_steps", "stream"]
 
 
 def keep_after_slide(block_size: int, window: str = "half") -> int:
@@ -75,18 +82,44 @@ def keep_after_slide(block_size: int, window: str = "half") -> int:
     return block_size if window == "full" else block_size - block_size // 2
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
     """Prompt ids; an empty prompt starts from <|endoftext|> if the tokenizer has one, else a newline."""
     if text == "":
-        eot = getattr(tokenizer, "eot_token", None)  # only the byte-level kinds have one
-        if isinstance(eot, int):
-            return [eot]
+        if tokenizer.eot_token is not None:
+            return [tokenizer.eot_token]
         try:
             ids = tokenizer.encode("\n")
         except UserError:
             ids = []
         return ids or [0]
     return tokenizer.encode(text)
+
+
+class PromptError(UserError):
+    """A prompt the decode core cannot take: `index` is which prompt; `too_long` when it is longer than the
+    context (the server's code context_length_exceeded), else it is empty or holds ids outside the vocabulary
+    (`detail` then says which, after the word "prompt")."""
+
+    def __init__(self, detail: str, index: int = 0, too_long: bool = False):
+        super().__init__(detail if too_long else f"prompt {detail}")
+        self.detail, self.index, self.too_long = detail, index, too_long
+
+
+def prompt_too_long(length: int, context: int, index: int = 0) -> PromptError:
+    return PromptError(f"this model's context length is {context} tokens, but the prompt has {length:,}", index, True)
+
+
+def check_prompts(prompts: list[list[int]], context: int, vocab: int, *, longer: bool = False) -> None:
+    """Every prompt 1 to `context` tokens long (any length from 1 when `longer`: the caller keeps its end) with
+    ids in [0, vocab): the one place these are checked. Raises `PromptError` naming the first bad prompt."""
+    for i, p in enumerate(prompts):
+        if not p:
+            raise PromptError("needs at least one token", i)
+        if not longer and len(p) > context:
+            raise prompt_too_long(len(p), context, i)
+        lo, hi = min(p), max(p)
+        if lo < 0 or hi >= vocab:
+            raise PromptError(f"token ids must be in [0, {vocab}), got {lo}..{hi}", i)
 
 
 def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -154,18 +187,15 @@ class Request:
     """Rows that generate together with one settings and one random generator: `n` samples of each prompt,
     prompt-major (all samples of prompt 0, then of prompt 1, ...). Prompts are token ids, each 1 to block_size
     long. `logprobs` (k >= 0) asks for the model's log-probability of each sampled token and its k most likely
-    alternatives; `prompt_logprobs` for the prompt tokens' too (computed at prefill)."""
+    alternatives; `prompt_logprobs` for the prompt tokens' too (computed at prefill). The core reads it and
+    never writes it: its lanes and scores are the core's own records."""
 
     prompts: list[list[int]]
     n: int
     settings: SamplingSettings
     logprobs: int | None = None
     prompt_logprobs: bool = False
-    generator: torch.Generator | None = None  # set by the core from settings.seed when None
-    # set by the core: per prompt, (chosen (T-1,), top values (T-1, k), top ids (T-1, k)) for tokens 1..T-1
-    prompt_scores: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    rows: list[_Row] = field(default_factory=list)
-    lane_index: torch.Tensor | None = None  # (rows,) the rows' lanes, in row order
+    generator: torch.Generator | None = None  # None: the core makes one from settings.seed
 
     @property
     def width(self) -> int:
@@ -177,11 +207,27 @@ class Request:
 
 
 @dataclass(eq=False)
-class _Row:
+class _Lane:
+    """The core's record of one row: the lane it holds."""
+
     request: Request
     lane: int
     ctx: int  # tokens now in the lane (host mirror of the slot, known without a sync)
     keep: int  # tokens the window keeps when it slides (the request's `window` setting)
+
+
+# a prompt's own tokens scored at prefill: chosen (T-1,), top values (T-1, k), top ids (T-1, k) for tokens 1..T-1
+PromptScores = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(eq=False)
+class _Admitted:
+    """The core's record of one request while it holds lanes."""
+
+    lanes: list[_Lane]  # in row order
+    generator: torch.Generator
+    lane_index: torch.Tensor  # (rows,) the rows' lanes, in row order
+    prompt_scores: list[PromptScores | None]
 
 
 @dataclass
@@ -205,7 +251,10 @@ class DecodeCore:
     `vocab_limit` (the tokenizer's vocabulary, when the model pads its own) keeps ids that cannot be decoded
     from ever being sampled. `fixed_shapes` decodes a bucket of lanes (the next power of two of the rows in
     use, or all lanes) over the whole window under a mask, the shapes a CUDA graph or a compiled step needs,
-    instead of exactly the lanes and positions in use (on by default where CUDA graphs are or `compile` is);
+    instead of exactly the lanes and positions in use (on by default where CUDA graphs are or `compile` is,
+    and for bf16 weights: a step over exactly the keys in use sums attention over as many keys as the
+    longest row has, and bf16 rounds that sum differently as it changes, so a row's numbers would depend on
+    what runs beside it; over the whole window they never do);
     `cuda_graphs` captures that step on CUDA (ignored elsewhere); `compile` runs it through `torch.compile`
     (one compilation per bucket, on first use: the decode step fused into a few kernels).
     """
@@ -227,13 +276,16 @@ class DecodeCore:
         self._lane_ids = torch.arange(lanes, device=dev)  # (L,)
         self._key_pos = torch.arange(W, device=dev)  # (W,)
         self._unusable = None
-        if vocab_limit is not None and 0 < vocab_limit < V:
+        self.vocab_limit = vocab_limit if vocab_limit is not None and 0 < vocab_limit < V else None
+        if self.vocab_limit is not None:
             self._unusable = torch.arange(V, device=dev) >= vocab_limit  # (V,)
-        self.requests: list[Request] = []
-        self._rows: list[_Row] = []  # row i holds lane i: the active lanes are 0..A-1
+        self.requests: list[Request] = []  # in the order they were added
+        self._admitted: dict[Request, _Admitted] = {}
+        self._rows: list[_Lane] = []  # row i holds lane i: the active lanes are 0..A-1
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         graphs = cuda_graphs and dev.type == "cuda" and model.cache_shape()[0] > 0
-        self.fixed_shapes = (graphs or compile) if fixed_shapes is None else fixed_shapes
+        low = next(model.parameters()).dtype != torch.float32  # bf16: numbers must not depend on neighbours
+        self.fixed_shapes = (graphs or compile or low) if fixed_shapes is None else fixed_shapes
         if compile and not self.fixed_shapes:
             raise ValueError("a compiled decode step needs fixed shapes")
         self._run_step = torch.compile(self._step, dynamic=False) if compile else self._step
@@ -251,36 +303,42 @@ class DecodeCore:
         """Rows now holding lanes."""
         return len(self._rows)
 
+    @property
+    def vocab(self) -> int:
+        """Ids a prompt may hold: the model's, or the tokenizer's when the model pads its vocabulary."""
+        return self.vocab_limit or self.vocab_size
+
+    def check(self, prompts: list[list[int]], *, longer: bool = False) -> None:
+        """`check_prompts` against this core's context and vocabulary (`PromptError` on the first bad one)."""
+        check_prompts(prompts, self.block_size, self.vocab, longer=longer)
+
     # ---- requests in and out --------------------------------------------------------------------------
 
     def add(self, requests: list[Request]) -> None:
         """Give each request's rows free lanes and prefill its prompts; their next logits are ready after.
 
         Prompts of equal length are prefilled in one forward, whichever request they belong to; a prompt's
-        samples share its prefill (copied to their lanes). Bad token ids raise `UserError` before anything runs.
+        samples share its prefill (copied to their lanes). A bad prompt raises `PromptError` before anything
+        runs.
         """
-        W, V = self.block_size, self.vocab_size
+        W = self.block_size
         if self.active + sum(r.width for r in requests) > self.lanes:
             raise ValueError(f"{sum(r.width for r in requests)} more rows do not fit: "
                              f"{self.active} of {self.lanes} lanes are taken")
         for req in requests:
-            for p in req.prompts:
-                if not 1 <= len(p) <= W:
-                    raise UserError(f"a prompt must be 1 to {W} tokens long here, got {len(p)}")
-                if min(p) < 0 or max(p) >= V:
-                    raise UserError(f"prompt token ids must be in [0, {V}), got {min(p)}..{max(p)}")
+            self.check(req.prompts)
         for req in requests:
-            req.generator = req.generator or new_generator(req.settings.seed, self.device)
             keep = keep_after_slide(W, req.settings.window)
-            req.rows = [_Row(req, self.active + i, len(req.prompts[i // req.n]), keep) for i in range(req.width)]
-            req.prompt_scores = [None] * len(req.prompts)
-            self._rows.extend(req.rows)
+            lanes = [_Lane(req, self.active + i, len(req.prompts[i // req.n]), keep) for i in range(req.width)]
+            gen = req.generator or new_generator(req.settings.seed, self.device)
+            self._admitted[req] = _Admitted(lanes, gen, self._lane_ids[:0], [None] * len(req.prompts))
+            self._rows.extend(lanes)
             self.requests.append(req)
             self._index(req)
         todo = [(req, p) for req in requests if req.needs_prefill for p in range(len(req.prompts))]
         for length in sorted({len(req.prompts[p]) for req, p in todo}):
             group = [(req, p) for req, p in todo if len(req.prompts[p]) == length]
-            lanes = [req.rows[p * req.n].lane for req, p in group]
+            lanes = [self._admitted[req].lanes[p * req.n].lane for req, p in group]
             windows = torch.tensor([req.prompts[p] for req, p in group], dtype=torch.long, device=self.device)
             every = any(req.prompt_logprobs for req, _ in group)  # logits of every position, not just the last
             logits = self._prefill(lanes, windows, last_only=not every)  # (G, T|1, V)
@@ -289,17 +347,27 @@ class DecodeCore:
                 for g, (req, p) in enumerate(group):
                     if req.prompt_logprobs:
                         scored = self._usable(logits[g, :-1].float())  # (T-1, V) predicts tokens 1..T-1
-                        req.prompt_scores[p] = token_logprobs(scored, windows[g, 1:], req.logprobs or 0)
-            siblings = [(req.rows[p * req.n].lane, r.lane) for req, p in group
-                        for r in req.rows[p * req.n + 1:(p + 1) * req.n]]
+                        self._admitted[req].prompt_scores[p] = token_logprobs(scored, windows[g, 1:],
+                                                                              self._top(req.logprobs))
+            siblings = [(rows[p * req.n].lane, r.lane) for req, p in group
+                        for rows in (self._admitted[req].lanes,) for r in rows[p * req.n + 1:(p + 1) * req.n]]
             if siblings:
                 self._copy_lanes(*map(list, zip(*siblings, strict=True)), upto=length)
         for req in requests:
-            self.slot[req.lane_index] = torch.tensor([r.ctx for r in req.rows], device=self.device)
+            rec = self._admitted[req]
+            self.slot[rec.lane_index] = torch.tensor([r.ctx for r in rec.lanes], device=self.device)
+
+    def prompt_scores(self, req: Request) -> list[PromptScores | None]:
+        """Per prompt of a request added with `prompt_logprobs`: its tokens' scores (None for the others)."""
+        return self._admitted[req].prompt_scores
+
+    def _top(self, k: int | None) -> int:
+        return min(k or 0, self.vocab)  # alternatives asked for, at most every usable id
 
     def release(self, req: Request) -> None:
         """Free a request's lanes; rows in the highest lanes move into the holes (one lane copy each)."""
         self.requests.remove(req)
+        del self._admitted[req]
         keep = [r for r in self._rows if r.request is not req]
         moves = [(r.lane, new) for new, r in enumerate(keep) if r.lane != new]
         if moves:
@@ -313,7 +381,8 @@ class DecodeCore:
             self._index(other)
 
     def _index(self, req: Request) -> None:
-        req.lane_index = torch.tensor([r.lane for r in req.rows], dtype=torch.long, device=self.device)
+        rec = self._admitted[req]
+        rec.lane_index = torch.tensor([r.lane for r in rec.lanes], dtype=torch.long, device=self.device)
 
     def _copy_lanes(self, src: list[int], dst: list[int], upto: int) -> None:
         """Lanes src[i] -> dst[i]: keys and values of slots [0, upto), the window, slot, token and logits."""
@@ -334,11 +403,13 @@ class DecodeCore:
         with its own settings; log-probabilities where asked for. Nothing here waits for the device."""
         out = []
         for req in self.requests if requests is None else requests:
-            logits = self._usable(self.logits[req.lane_index])  # (rows, V)
-            tokens = sample_next(logits, req.settings, req.generator)  # (rows,)
+            rec = self._admitted[req]
+            logits = self._usable(self.logits[rec.lane_index])  # (rows, V)
+            tokens = sample_next(logits, req.settings, rec.generator)  # (rows,)
             sampled = Sampled(req, tokens)
             if req.logprobs is not None:
-                sampled.logprobs, sampled.top_values, sampled.top_ids = token_logprobs(logits, tokens, req.logprobs)
+                sampled.logprobs, sampled.top_values, sampled.top_ids = token_logprobs(logits, tokens,
+                                                                                       self._top(req.logprobs))
             out.append(sampled)
         return out
 
@@ -349,7 +420,7 @@ class DecodeCore:
         tokens instead (rows of equal `keep` in one prefill); its lane computes junk in the decode meanwhile.
         """
         for s in sampled:
-            self.tokens[s.request.lane_index, 0] = s.tokens
+            self.tokens[self._admitted[s.request].lane_index, 0] = s.tokens
         A, W = self.active, self.block_size
         if A == 0:
             return
@@ -456,15 +527,15 @@ class Engine:
     """Generates from a model and tokenizer through the decode core. Reuse one engine: cores (caches and
     CUDA graphs) are kept per batch size."""
 
-    def __init__(self, model: nn.Module, tokenizer=None, *, cuda_graphs: bool = True, sync_every: int | None = None,
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer | None = None, *, cuda_graphs: bool = True, sync_every: int | None = None,
                  fixed_shapes: bool | None = None, compile: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.block_size, self.vocab_size = model.block_size, model.vocab_size
         # a model may pad its vocabulary past the tokenizer's (model.vocab_size above the data's): ids the
         # tokenizer cannot decode are never sampled
-        n_tok = getattr(tokenizer, "vocab_size", None)  # token-level use needs no tokenizer
-        self.vocab_limit = n_tok if isinstance(n_tok, int) and 0 < n_tok < self.vocab_size else None
+        n_tok = tokenizer.vocab_size if tokenizer is not None else None  # token-level use needs no tokenizer
+        self.vocab_limit = n_tok if n_tok is not None and 0 < n_tok < self.vocab_size else None
         self.cuda_graphs, self.fixed_shapes, self.compile = cuda_graphs, fixed_shapes, compile
         self.sync_every = sync_every or (16 if self.device.type == "cuda" else 1)
         self._cores: dict[int, DecodeCore] = {}
@@ -479,7 +550,7 @@ class Engine:
         return encode_prompt(self.tokenizer, prompt)
 
     def stop_ids(self, settings: SamplingSettings) -> frozenset[int]:
-        return stop_token_ids(self.tokenizer, settings) if self.tokenizer is not None else frozenset()
+        return stop_token_ids(self.tokenizer, settings)
 
     def _window(self, ids: list[int]) -> list[int]:
         if len(ids) > self.block_size:
@@ -496,21 +567,60 @@ class Engine:
         (all samples of prompt 0, then prompt 1, ...). Runs `max_new_tokens` steps, or until every row has
         ended at a stop id (the end-of-text rule), unless closed early. Bad input raises here, before the
         first step."""
-        if not prompts or any(len(p) == 0 for p in prompts):
+        return self._chunks(self._start(prompts, settings, num_samples, use_cache, text=False))
+
+    def _start(self, prompts: list[list[int]], settings: SamplingSettings, num_samples: int, use_cache: bool,
+               text: bool) -> Iterator[tuple[torch.Tensor | None, list[Event]]]:
+        """Check the prompts (the core's one check; longer ones keep their last block), start the steps and
+        drive them through the request's `Completion`: yields (new tokens (B, k), the events they made), and
+        (None, the last events) when the steps run out."""
+        if not prompts:
             raise UserError("every prompt needs at least one token")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= 4096:
             raise UserError(f"number of samples must be from 1 to 4096, got {num_samples!r}")
-        V = self.vocab_size
-        for p in prompts:
-            if min(p) < 0 or max(p) >= V:
-                raise UserError(f"prompt token ids must be in [0, {V}), got {min(p)}..{max(p)}")
+        if text and self.tokenizer is None:
+            raise UserError("this engine has no tokenizer; use generate_ids for token ids")
+        check_prompts(prompts, self.block_size, self.vocab_limit or self.vocab_size, longer=True)
         prompts = [self._window(list(p)) for p in prompts]
         gen = new_generator(settings.seed, self.device)
         if use_cache:
             steps = self._run(prompts, num_samples, settings, gen)
         else:
             steps = reference_steps(self.model, prompts, num_samples, settings, gen, self.vocab_limit)
-        return self._until_stopped(self._guarded(steps), self.stop_ids(settings), len(prompts) * num_samples)
+        completion = Completion(prompts, num_samples, settings, self.tokenizer, text=text)
+        return self._drive(self._guarded(steps), completion)
+
+    @staticmethod
+    def _drive(steps: Iterator[torch.Tensor],
+               completion: Completion) -> Iterator[tuple[torch.Tensor | None, list[Event]]]:
+        """Each chunk of steps through the completion, column by column; stops once every row has ended."""
+        try:
+            for chunk in steps:
+                yield chunk, [ev for column in chunk.T.tolist() for ev in completion.step(column)]
+                if completion.done:
+                    return
+            yield None, completion.close()
+        finally:
+            steps.close()
+
+    @staticmethod
+    def _chunks(drive: Iterator[tuple[torch.Tensor | None, list[Event]]]) -> Iterator[torch.Tensor]:
+        try:
+            for chunk, _ in drive:
+                if chunk is not None:
+                    yield chunk
+        finally:
+            drive.close()
+
+    @staticmethod
+    def _pieces(drive: Iterator[tuple[torch.Tensor | None, list[Event]]]) -> Iterator[tuple[int, str]]:
+        try:
+            for _, events in drive:
+                for ev in events:
+                    if isinstance(ev, TextPiece) and ev.text:
+                        yield ev.row, ev.text
+        finally:
+            drive.close()
 
     def _run(self, prompts: list[list[int]], ns: int, s: SamplingSettings,
              gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -559,21 +669,6 @@ class Engine:
             steps.close()
             self.model.train(was_training)
 
-    @staticmethod
-    def _until_stopped(steps: Iterator[torch.Tensor], stop_ids: frozenset[int], rows: int) -> Iterator[torch.Tensor]:
-        """Pass chunks through until every row has sampled a stop id (then the rest would be thrown away)."""
-        ended = torch.zeros(rows, dtype=torch.bool)
-        stops = torch.tensor(sorted(stop_ids), dtype=torch.long)
-        try:
-            for chunk in steps:
-                yield chunk
-                if stop_ids:
-                    ended |= torch.isin(chunk, stops).any(dim=1)
-                    if bool(ended.all()):
-                        return
-        finally:
-            steps.close()
-
     def generate_ids(self, prompts: list[list[int]], settings: SamplingSettings | None = None,
                      num_samples: int = 1, use_cache: bool = True, **kwargs) -> list[list[int]]:
         """All new token ids per row, each ending before its first stop id (the end-of-text rule; stop
@@ -595,47 +690,34 @@ class Engine:
         characters) raises here, before anything is yielded."""
         s = settings_from(settings, **kwargs)
         ids = [list(p) if isinstance(p, list) else self.encode(p) for p in prompts]
-        steps = self.token_steps(ids, s, num_samples, use_cache)
-        stop = self.stop_ids(s)
-        streams = [TextStream(self.tokenizer, s.stop, ids[r // num_samples], stop)
-                   for r in range(len(ids) * num_samples)]
-        return self._texts(steps, streams)
+        return self._pieces(self._start(ids, s, num_samples, use_cache, text=True))
 
     def chat(self, messages: list, settings: SamplingSettings | None = None, num_samples: int = 1,
              **kwargs) -> str | list[str]:
         """The assistant's reply to a conversation (OpenAI-style messages) through the run's chat template:
-        a string, or a list for several samples. It ends at <|assistant_end|>."""
+        a string, or a list for several samples. It ends at <|assistant_end|>. A conversation too long for the
+        context loses its oldest turns first (`fit_chat`)."""
         texts = [""] * num_samples
         for r, piece in self.stream_chat_rows(messages, settings, num_samples, **kwargs):
             texts[r] += piece
         return texts[0] if num_samples == 1 else texts
 
+    def fit_chat(self, messages: list, settings: SamplingSettings) -> chat.Fitted:
+        """The conversation's prompt within the context, its oldest whole turns dropped when it does not fit
+        with room for the reply (`chat.fit_conversation`, as the server does); the system message stays."""
+        msgs = messages if messages and isinstance(messages[0], chat.Message) else chat.parse_messages(messages)
+        if self.tokenizer is None:
+            raise UserError("this engine has no tokenizer, so no chat template")
+        room = chat.reply_room(settings.max_new_tokens, self.block_size)
+        return chat.fit_conversation(self.tokenizer, msgs, self.block_size, room)
+
     def stream_chat_rows(self, messages: list, settings: SamplingSettings | None = None, num_samples: int = 1,
                          **kwargs) -> Iterator[tuple[int, str]]:
         """Yield (sample, text piece) of the assistant's reply as it comes."""
-        msgs = messages if messages and isinstance(messages[0], chat.Message) else chat.parse_messages(messages)
-        ids = chat.prompt_ids(self.tokenizer, msgs)
         s = settings_from(settings, **kwargs)
+        ids = self.fit_chat(messages, s).ids
         s = s.replace(stop_token_ids=tuple(sorted(set(s.stop_token_ids) | chat.stop_ids(self.tokenizer))))
         return self.stream_rows([ids], s, num_samples)
-
-    @staticmethod
-    def _texts(steps: Iterator[torch.Tensor], streams: list[TextStream]) -> Iterator[tuple[int, str]]:
-        try:
-            for chunk in steps:
-                for r, row in enumerate(chunk.tolist()):
-                    for tok in row:
-                        piece = streams[r].push(tok)
-                        if piece:
-                            yield r, piece
-                if all(st.done for st in streams):
-                    return
-            for r, st in enumerate(streams):
-                piece = st.finish()
-                if piece:
-                    yield r, piece
-        finally:
-            steps.close()
 
     def stream(self, prompt: str = "", settings: SamplingSettings | None = None, **kwargs) -> Iterator[str]:
         """Yield the continuation of one prompt piece by piece (the prompt itself is not repeated)."""

@@ -11,7 +11,9 @@ A bad value or an unknown character prints one `error: ...` line and the loop go
 `run_chat` (chat) keeps a conversation: each line the user types is a user message, the model's reply (through
 the run's chat template) streams out and joins the history; `/reset` forgets the conversation, `/system TEXT`
 sets the system message (`/system` alone removes it), `/history` shows it, and the same sampling commands
-apply. Does not own sampling, the template or the model (`generate.py`, `chat.py`).
+apply. A conversation longer than the context sends the model its newest whole turns and the system message
+(`chat.fit_conversation`, as the server does) and says so in a note line. Does not own sampling, the template
+or the model (`generate.py`, `chat.py`).
 """
 
 from __future__ import annotations
@@ -151,9 +153,13 @@ def run_chat(engine: Engine, settings: SamplingSettings, system: str | None = No
                 continue
             if not line.strip():
                 continue
-            messages = conversation() + [{"role": "user", "content": line}]
+            fitted = engine.fit_chat(conversation() + [{"role": "user", "content": line}], s)
+            if fitted.dropped:
+                err.write(f"note: the conversation is longer than the context of {engine.block_size} tokens with "
+                          f"room for the reply; the model sees its newest {len(fitted.messages)} messages "
+                          f"({fitted.dropped} older ones left out{', the system message kept' if system else ''})\n")
             reply = ""
-            for _, piece in engine.stream_chat_rows(messages, s):  # a bad message raises before anything shows
+            for _, piece in engine.stream_chat_rows(fitted.messages, s):  # a bad message raises before anything
                 out.write(piece)
                 out.flush()
                 reply += piece

@@ -1,11 +1,13 @@
 """Sampling policy and text assembly for the generation engine.
 
-Owns `SamplingSettings` (temperature, top-k, top-p, stop strings, max new tokens, seed, window, ignore_eos;
-validated into one clear `UserError` sentence each), `stop_token_ids` (the end-of-text rule),
+Owns `SamplingSettings` (temperature, top-k, top-p, stop strings, max new tokens, seed, window, ignore_eos,
+whether special tokens show as text; validated once, here, into one `SettingError` sentence each that names
+the setting, so the server's 400 names its field), `stop_token_ids` (the end-of-text rule),
 `sample_next` (logits -> token ids, greedy at temperature 0), `token_logprobs` (the model's log-probabilities
 of chosen tokens and the most likely ones) and `TextStream` (token ids -> text pieces that are safe to show:
-complete characters only, stop strings cut off and never emitted, a stop id ends the text). Does not own
-the model, the cache or the loop that drives them (`generate.py`).
+complete characters only, stop strings cut off and never emitted, a stop id ends the text, special tokens
+hidden). Does not own the model, the cache or the loop that drives them (`generate.py`), nor a request's rows
+(`completion.py`).
 
 Random numbers are drawn the same way whatever produced the logits: one exponential variate per vocabulary
 entry per row per step, and the token is argmax(p / q) (the exponential-race form of sampling from p, the
@@ -22,12 +24,24 @@ import torch
 
 from .errors import UserError, closest
 from .limits import MAX_NEW_TOKENS_CAP, UINT64_MAX
+from .tokenizers import Tokenizer
 
 MAX_STOP_LEN = 1_000
 _HOLD_INCOMPLETE = 4  # tokens held back at most while the decoded text ends in U+FFFD (a UTF-8 char is <= 4 bytes)
 
 
 WINDOWS = ("full", "half")
+
+
+class SettingError(UserError):
+    """A sampling setting out of its range: `name` is the setting, `detail` the predicate ("must be ...")."""
+
+    LABELS = {"max_new_tokens": "max new tokens", "top_k": "top-k", "top_p": "top-p", "stop": "each stop string",
+              "stop_token_ids": "stop token ids"}
+
+    def __init__(self, name: str, detail: str):
+        super().__init__(f"{self.LABELS.get(name, name)} {detail}")
+        self.name, self.detail = name, detail
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,7 @@ class SamplingSettings:
     window: str = "full"  # past the block: full (keep the last block, as the lecture) | half (slide by half-blocks)
     ignore_eos: bool = False  # go on past <|endoftext|> instead of stopping there
     stop_token_ids: tuple[int, ...] = ()  # more token ids that end the text (a chat reply's <|assistant_end|>)
+    skip_special_tokens: bool = True  # special tokens (a chat template's) add no text, as OpenAI-style servers do
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a lone string is one stop string, not a tuple of characters
@@ -54,32 +69,33 @@ class SamplingSettings:
         self.check()
 
     def check(self) -> None:
-        """Raise a UserError naming the first bad value."""
+        """Raise a `SettingError` naming the first bad value (the one place these ranges are checked)."""
         n = self.max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NEW_TOKENS_CAP:
-            raise UserError(f"max new tokens must be a whole number from 0 to {MAX_NEW_TOKENS_CAP:,}, got {n!r}")
+            raise SettingError("max_new_tokens", f"must be a whole number from 0 to {MAX_NEW_TOKENS_CAP:,}, got {n!r}")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or t == float("inf"):
-            raise UserError(f"temperature must be a number of at least 0 (0 is greedy), got {t!r}")
+            raise SettingError("temperature", f"must be a number of at least 0 (0 is greedy), got {t!r}")
         k = self.top_k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
-            raise UserError(f"top-k must be a positive whole number (or none), got {k!r}")
+            raise SettingError("top_k", f"must be a positive whole number (or none), got {k!r}")
         p = self.top_p
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-            raise UserError(f"top-p must be in (0, 1], got {p!r}")
+            raise SettingError("top_p", f"must be in (0, 1], got {p!r}")
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_LEN:
-                raise UserError(f"each stop string must be text of 1 to {MAX_STOP_LEN} characters, got {s!r}")
+                raise SettingError("stop", f"must be text of 1 to {MAX_STOP_LEN} characters, got {s!r}")
         seed = self.seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed <= UINT64_MAX):
-            raise UserError(f"seed must be a whole number from -2**63 to 2**64 - 1 (what torch takes), got {seed!r}")
+            raise SettingError("seed", f"must be a whole number from -2**63 to 2**64 - 1 (what torch takes), got {seed!r}")
         if self.window not in WINDOWS:
-            raise UserError(f"window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
-        if not isinstance(self.ignore_eos, bool):
-            raise UserError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
+            raise SettingError("window", f"must be one of {', '.join(WINDOWS)}, got {self.window!r}")
+        for name in ("ignore_eos", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingError(name, f"must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.stop_token_ids, tuple) or any(
                 isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.stop_token_ids):
-            raise UserError(f"stop token ids must be whole numbers of at least 0, got {self.stop_token_ids!r}")
+            raise SettingError("stop_token_ids", f"must be whole numbers of at least 0, got {self.stop_token_ids!r}")
 
     def replace(self, **changes) -> SamplingSettings:
         return dataclasses.replace(self, **changes)
@@ -94,14 +110,13 @@ def settings_from(settings: SamplingSettings | None = None, **kwargs) -> Samplin
     return (settings or SamplingSettings()).replace(**kwargs) if kwargs else (settings or SamplingSettings())
 
 
-def stop_token_ids(tokenizer, settings: SamplingSettings) -> frozenset[int]:
+def stop_token_ids(tokenizer: Tokenizer | None, settings: SamplingSettings) -> frozenset[int]:
     """The end-of-text rule, the same for `sample`, the Python API and the server: a row ends at the
     tokenizer's <|endoftext|> (when it has one), unless the settings say `ignore_eos`, and at any of the
     settings' `stop_token_ids` (a chat reply's closing token) whatever `ignore_eos` says."""
-    eot = getattr(tokenizer, "eot_token", None)  # only the byte-level kinds have one
     ids = set(settings.stop_token_ids)
-    if isinstance(eot, int) and not settings.ignore_eos:
-        ids.add(eot)
+    if tokenizer is not None and tokenizer.eot_token is not None and not settings.ignore_eos:
+        ids.add(tokenizer.eot_token)
     return frozenset(ids)
 
 
@@ -145,25 +160,25 @@ class TextStream:
     A piece is released only when it is complete: a trailing U+FFFD (half of a multi-byte character
     split across tokens) is held back for up to a few tokens, and so is any tail that could be the start
     of a stop string. When a stop string appears, the text before it is released and the stream is done.
-    Each new token is decoded together with the two ids before it, so tokenizers whose pieces depend on
-    their neighbours (leading spaces) still decode right.
+    Each new token is decoded after the two ids before it (`Tokenizer.decode_after`), so tokenizers whose
+    pieces depend on their neighbours (leading spaces) still decode right. `hidden` ids (special tokens)
+    add no text and are not used as context.
     """
 
-    def __init__(self, tokenizer, stop: tuple[str, ...] = (), context: list[int] | None = None,
-                 stop_ids: frozenset[int] = frozenset()):
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...] = (), context: list[int] | None = None,
+                 stop_ids: frozenset[int] = frozenset(), hidden: frozenset[int] = frozenset()):
         self.tok = tokenizer
         self.stop = tuple(stop)
         self.stop_ids = stop_ids  # token ids that end the text (<|endoftext|>: see stop_token_ids)
+        self.hidden = hidden  # token ids that add no text (special tokens, unless asked to show them)
         self.stopped = False  # a stop string or a stop id ended it (finish reason "stop", not "length")
-        self.prev: list[int] = list(context or [])[-2:]  # already-decoded ids, for context only
+        self.prev: list[int] = [i for i in context or () if i not in hidden][-2:]  # already-decoded ids, for context
         self.pending: list[int] = []  # ids whose text is not decoded for good yet
         self.buffer = ""  # decoded text held back for stop-string matching
         self.done = False
 
     def _decode_pending(self, final: bool) -> str:
-        base = self.tok.decode(self.prev) if self.prev else ""
-        full = self.tok.decode(self.prev + self.pending)
-        text = full[len(base):] if full.startswith(base) else self.tok.decode(self.pending)
+        text = self.tok.decode_after(self.prev, self.pending)
         if text.endswith("\ufffd") and not final and len(self.pending) < _HOLD_INCOMPLETE:
             return ""  # wait for the rest of the character
         self.prev = (self.prev + self.pending)[-2:]
@@ -178,6 +193,8 @@ class TextStream:
             out = self.finish()
             self.stopped = True
             return out
+        if int(token) in self.hidden:
+            return ""
         self.pending.append(int(token))
         self.buffer += self._decode_pending(final=False)
         return self._release(final=False)

@@ -346,7 +346,7 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", force: 
     model = build_model(cfg.model)
     ckpt.load_weights(path, model)
     files, note = hf_tokenizer_files(tok, cfg.model.block_size)
-    eot = getattr(tok, "eot_id", None) if files is not None and "tokenizer.json" in files else None
+    eot = tok.eot_token if files is not None and "tokenizer.json" in files else None
     tensors = state_to_hf(model.state_dict(), cfg.model)
     with target.stage() as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg.model, eot), indent=2) + "\n", encoding="utf-8")

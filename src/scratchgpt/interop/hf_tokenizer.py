@@ -26,8 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import tiktoken
-
+from ..tokenizers.base import Tokenizer
+from ..tokenizers.bpe import TiktokenTokenizer
 from ..tokenizers.gpt2 import bytes_to_unicode
 from ..tokenizers.pretokenize import SPLIT_PATTERNS
 
@@ -112,18 +112,14 @@ def is_gpt2_vocab(vocab: dict[str, int], merges: list[str]) -> bool:
             and vocab.get("!") == 0 and vocab.get("Ġthe") == 262 and merges[0] == "Ġ t")
 
 
-def find_ranks(tokenizer: Any) -> tuple[dict[bytes, int], dict[str, int], str] | None:
+def find_ranks(tokenizer: Tokenizer) -> tuple[dict[bytes, int], dict[str, int], str] | None:
     """(ranks, special tokens, pattern) of a tokenizer built on a tiktoken Encoding, else None."""
-    encodings = [v for v in vars(tokenizer).values() if isinstance(v, tiktoken.Encoding)]
-    if not encodings:
-        get = getattr(tokenizer, "encoding", None)
-        encodings = [get] if isinstance(get, tiktoken.Encoding) else []
-    if not encodings:
+    if not isinstance(tokenizer, TiktokenTokenizer):
         return None
-    enc = encodings[0]
+    enc = tokenizer.encoding
     ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}
     special = {s: enc.encode_single_token(s) for s in enc.special_tokens_set}
-    return ranks, special, getattr(enc, "_pat_str", "")
+    return ranks, special, enc._pat_str
 
 
 def split_name(pattern: str) -> str | None:
@@ -191,12 +187,12 @@ def _byte_level_files(tokenizer: Any, kind: str, model_max_length: int) -> tuple
                    "(a regex we do not know: check that Hugging Face's engine splits your text alike)")
 
 
-def hf_tokenizer_files(tokenizer: Any, model_max_length: int) -> tuple[dict[str, str | bytes] | None, str]:
+def hf_tokenizer_files(tokenizer: Tokenizer | None, model_max_length: int) -> tuple[dict[str, str | bytes] | None, str]:
     """Files that let transformers' AutoTokenizer load our tokenizer (name -> text or bytes), or None, and a
     sentence saying what was written and, for what could not be, why."""
     if tokenizer is None:
         return None, "no tokenizer was written (the run has no tokenizer.json)"
-    kind = getattr(tokenizer, "kind", type(tokenizer).__name__)
+    kind = tokenizer.kind
     fuse = {"type": "Fuse"}  # tokens joined as they are (the library's default joins them with spaces)
     if kind == "char":
         model = {"type": "WordLevel", "vocab": {c: i for i, c in enumerate(tokenizer.chars)}, "unk_token": UNK}

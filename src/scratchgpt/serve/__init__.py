@@ -1,9 +1,11 @@
 """Serving: an OpenAI-compatible completions API and a playground page (`scratchgpt serve RUN_DIR`).
 
-Owns `serve` (load, check the port, run uvicorn) and what a signal does to it; `app.py` (routes),
-`schemas.py` (wire format, limits), `scheduler.py` (continuous batching) and `static/` (the page) own the
-rest. Needs the `serve` extra (FastAPI, uvicorn); nothing here is imported by `import scratchgpt`, and this
-module imports its parts only when asked.
+Owns `serve` (the command: a run loaded through the precision policy, uvicorn until interrupted) and what a
+signal does to it; the rest is its parts': `app.py` (the app and its routes), `prepare.py` (a request checked
+before it is queued), `answer.py` (events to responses), `schemas.py` (wire format, limits), `scheduler.py`
+(continuous batching) and `static/` (the page). Wire formats: docs/serving.md. Needs the `serve` extra
+(FastAPI, uvicorn); nothing here is imported by `import scratchgpt`, and this module imports its parts only
+when asked.
 
 Signals: the first SIGINT or SIGTERM stops taking requests and lets every open stream finish (each ends with
 `data: [DONE]`), then exits 128 + the signal with one line, `error: stopped by SIGTERM; ...`. A second one
@@ -21,7 +23,6 @@ from typing import Any
 
 from ..console import echo
 from ..errors import Interrupted, UserError
-from ..runtime import set_threads
 
 __all__ = ["ServeLimits", "ServedModel", "create_app", "load_served", "serve"]
 
@@ -41,8 +42,10 @@ def __getattr__(name: str) -> Any:
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = "best", device: str = "cpu",
-          threads: int = 0, log_level: str = "info", **limits: int) -> None:
-    """Load a run directory and serve it with uvicorn until interrupted; `limits` are `ServeLimits` fields."""
+          dtype: str = "auto", threads: int = 0, cuda_graphs: bool = True, log_level: str = "info",
+          **limits: int) -> None:
+    """Load a run directory (through the precision policy for inference, as `sample` and `eval` do) and serve
+    it with uvicorn until interrupted; `limits` are `ServeLimits` fields."""
     try:
         import uvicorn
 
@@ -58,11 +61,13 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = 
     except OSError as e:
         why = os.strerror(e.errno) if e.errno else str(e)
         raise UserError(f"cannot listen on {host}:{port} ({why}); pass another --port or --host") from None
-    set_threads(threads)
-    app = create_app(run_dir, serve_limits, which=which, device=device)
+    app = create_app(run_dir, serve_limits, which=which, device=device, dtype=dtype, threads=threads,
+                     cuda_graphs=cuda_graphs)
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"note: listening on {host}; the API has no authentication, so anyone who can reach it can use it")
-    echo(f"serving {app.state.served.name} at http://{host}:{port}/ (OpenAI-compatible API at http://{host}:{port}/v1)")
+    facts = app.state.served.facts
+    echo(f"serving {app.state.served.name} ({facts['device']}, {facts['dtype']}) at http://{host}:{port}/ "
+         f"(OpenAI-compatible API at http://{host}:{port}/v1)")
     server = _server_class(uvicorn.Server)(uvicorn.Config(app, host=host, port=port, log_level=log_level))
     server.run()
     if server.signum is not None:

@@ -1,28 +1,26 @@
-"""Continuous batching: one worker thread admits requests into the generation engine's decode core, and turns
-what it samples into text events.
+"""Continuous batching: one worker thread admits requests into the generation engine's decode core and hands
+what it samples to each request's `Completion`, whose events go back to the request's caller.
 
-Owns `Scheduler` (the queue, admission, the worker thread, and each job's bookkeeping: its rows' text
-streams, finish reasons, token counts and log-probabilities, delivered as events) and `Job` (one request:
-prompts, n samples each, sampling settings, where its events go). Does not call the model: the KV cache,
-prefill, decoding, sliding past the block and sampling all belong to `generate.DecodeCore`, which drives
-`scratchgpt sample` the same way. Does not own HTTP, request validation or response formats (`app.py`,
-`schemas.py`).
+Owns `Scheduler` (the queue, admission, the worker thread, counters for /health) and `Job` (one request:
+prompts, n samples each, sampling settings, where its events go, its `Completion`). Does not call the model:
+the KV cache, prefill, decoding, sliding past the block and sampling all belong to `generate.DecodeCore`,
+which drives `scratchgpt sample` the same way; does not assemble text or decide when a row ends
+(`completion.py`, shared with `Engine`). Does not own HTTP, request validation or response formats
+(`app.py`, `schemas.py`).
 
 A step. Cancelled jobs leave; waiting jobs join while lanes are free (first come, first served) and are
 prefilled together (prompts of equal length in one forward); the core samples one token for every row, each
 job with its own generator (so a seed gives the same text whatever else is running, and the same text as
-`sample`); the tokens come back to the host once for all jobs; each row's text stream turns them into
-pieces (whole characters, stop strings, the end-of-text rule); finished jobs leave; the core feeds the
-remaining rows their tokens (one decode forward for all of them).
+`sample`); the tokens come back to the host once for all jobs; each job's completion turns them into events
+(text pieces, finish reasons); finished jobs leave with their usage; the core feeds the remaining rows their
+tokens (one decode forward for all of them).
 
 Isolation. A failure while admitting or sampling one job fails that job alone; only a failure of the shared
 decode step fails the jobs in it, and the worker goes on serving.
 
-Events reach the job's asyncio queue through `loop.call_soon_threadsafe`:
-("prompt", p, token_ids, logprobs, tops) once per prompt when echo logprobs were asked for;
-("text", row, piece, entries) where entries are (token_id, logprob, [(id, logprob), ...]) for the tokens
-the piece came from (empty without logprobs); ("finish", row, reason) once per row; ("end", usage) last,
-or ("error", message).
+Events (`completion.Event`: typed dataclasses) reach the job's `emit`, called on the worker thread, in order:
+`PromptLogprobs` once per prompt when echo log-probabilities were asked for, `TextPiece`s and a `Finished`
+per row, then `Ended` with the usage, or `Failed` instead.
 """
 
 from __future__ import annotations
@@ -32,25 +30,18 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from ..completion import Completion, Ended, Event, Failed, PromptLogprobs, TokenLogprob
 from ..generate import DecodeCore, Request, Sampled
-from ..sampling import SamplingSettings, TextStream, stop_token_ids
+from ..sampling import SamplingSettings
+from ..tokenizers import Tokenizer
 
-Emit = Callable[[tuple], None]
-Entry = tuple[int, float, list[tuple[int, float]]]  # a token, its log-probability, the top alternatives
-
-
-@dataclass(eq=False)
-class _Row:
-    index: int  # row number within its job (prompt-major)
-    stream: TextStream
-    tokens: int = 0  # completion tokens counted until the row finished
-    entries: list[Entry] = field(default_factory=list)  # log-probabilities not yet sent with a piece
-    done: bool = False
+Emit = Callable[[Event], None]
+Tops = tuple[tuple[int, float], ...]  # the most likely alternatives: (id, log-probability), most likely first
 
 
 @dataclass(eq=False)
@@ -61,13 +52,12 @@ class Job:
     n: int
     settings: SamplingSettings
     emit: Emit
+    completion: Completion
     logprobs: int | None = None  # log-probabilities of sampled tokens and this many alternatives
     echo_logprobs: bool = False  # and of the prompt's tokens
     id: int = 0
-    rows: list[_Row] = field(default_factory=list)
     request: Request | None = None
     cancelled: bool = False
-    steps: int = 0
 
     def cancel(self) -> None:
         """Ask the worker to drop this job at its next step (its lanes are freed then)."""
@@ -81,7 +71,7 @@ class Job:
 class Scheduler:
     """Serves jobs from one background thread; `submit` is safe from any thread."""
 
-    def __init__(self, model: nn.Module, tokenizer, max_batch: int = 32, max_waiting: int = 256,
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, max_batch: int = 32, max_waiting: int = 256,
                  cuda_graphs: bool = True):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_waiting = max_batch, max_waiting
@@ -92,10 +82,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._stop = False
-        self._paused = False
-        self._pause_at: int | None = None  # pause_after's threshold
         self._thread: threading.Thread | None = None
-        # counters the tests and /health read
+        # counters /health reads
         self.peak_jobs = 0  # most jobs ever decoded in one step
         self.peak_rows = 0
         self.steps = 0
@@ -118,27 +106,6 @@ class Scheduler:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def pause(self) -> None:
-        """Hold the worker between steps (tests use it to line requests up)."""
-        with self._cond:
-            self._paused = True
-
-    def resume(self) -> None:
-        with self._cond:
-            self._paused = False
-            self._pause_at = None
-            self._cond.notify_all()
-
-    def pause_after(self, tokens: int) -> None:
-        """Hold the worker once it has generated `tokens` more tokens (tests act mid-stream this way,
-        whatever the machine's speed); `resume` lets it go on."""
-        with self._cond:
-            self._pause_at = self.tokens_out + tokens
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -146,12 +113,13 @@ class Scheduler:
     def submit(self, prompts: list[list[int]], n: int, settings: SamplingSettings, emit: Emit,
                logprobs: int | None = None, echo_logprobs: bool = False) -> Job | None:
         """Queue a job; None when the waiting queue is full (the caller answers 503). The caller has checked
-        the request: prompts of 1 to block_size valid ids, prompts x n within max_batch."""
+        the request (`core.check` on the prompts; prompts x n within max_batch); the core checks the prompts
+        again when the job is admitted, failing that job alone."""
         if not 1 <= len(prompts) * n <= self.max_batch:
             raise ValueError(f"a job needs 1 to {self.max_batch} rows, got {len(prompts) * n}")
-        if any(not 1 <= len(p) <= self.block_size for p in prompts):
-            raise ValueError(f"every prompt must be 1 to {self.block_size} tokens long")
-        job = Job([list(p) for p in prompts], n, settings, emit, logprobs, echo_logprobs)
+        prompts = [list(p) for p in prompts]
+        job = Job(prompts, n, settings, emit, Completion(prompts, n, settings, self.tokenizer), logprobs,
+                  echo_logprobs)
         with self._cond:
             if len(self._waiting) >= self.max_waiting:
                 return None
@@ -179,7 +147,7 @@ class Scheduler:
         with torch.no_grad():
             while True:
                 with self._cond:
-                    while not self._stop and (self._paused or (not self._waiting and not self._active)):
+                    while not self._stop and not self._waiting and not self._active:
                         self._cond.wait()
                     if self._stop:
                         break
@@ -196,13 +164,18 @@ class Scheduler:
             self._fail(job, "the server is shutting down")
 
     def _fail(self, job: Job, message: str) -> None:
-        """End one job with an error event and free whatever it holds."""
+        """End one job with a `Failed` event and free whatever it holds."""
         if job in self._active:
             self._active.remove(job)
         if job.request is not None and job.request in self.core.requests:
             self.core.release(job.request)
         if not job.cancelled:
-            job.emit(("error", message))
+            job.emit(Failed(message))
+
+    @staticmethod
+    def _send(job: Job, events: list[Event]) -> None:
+        for ev in events:
+            job.emit(ev)
 
     def _step(self) -> None:
         for job in [j for j in self._active if j.cancelled]:
@@ -213,8 +186,7 @@ class Scheduler:
         self.peak_jobs = max(self.peak_jobs, len(self._active))
         self.peak_rows = max(self.peak_rows, sum(j.width for j in self._active))
         for job in [j for j in self._active if j.settings.max_new_tokens == 0]:  # prompt scores only
-            for row in job.rows:
-                self._finish(job, row, "length")
+            self._send(job, job.completion.close())
             self._leave(job)
         sampled = []
         for job in list(self._active):
@@ -223,21 +195,20 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - this job's settings or state: fail it alone
                 traceback.print_exc()
                 self._fail(job, f"generation failed: {type(e).__name__}: {e}")
-        for s, host in zip(sampled, _to_host(sampled), strict=True):
+        for s, (tokens, logprobs, tops) in zip(sampled, _to_host(sampled), strict=True):
             job = next(j for j in self._active if j.request is s.request)
+            before = job.completion.completion_tokens
             try:
-                self._deliver(job, *host)
-            except Exception as e:  # noqa: BLE001
+                self._send(job, job.completion.step(tokens, logprobs, tops))
+            except Exception as e:  # noqa: BLE001 - e.g. its tokenizer failed on its text: fail it alone
                 traceback.print_exc()
                 self._fail(job, f"generation failed: {type(e).__name__}: {e}")
-        for job in [j for j in self._active if j.cancelled or all(r.done for r in j.rows)]:
+            self.tokens_out += job.completion.completion_tokens - before
+        for job in [j for j in self._active if j.cancelled or j.completion.done]:
             self._leave(job)
         live = {j.request for j in self._active}
         self.core.advance([s for s in sampled if s.request in live])
         self.steps += 1
-        with self._cond:
-            if self._pause_at is not None and self.tokens_out >= self._pause_at:
-                self._paused, self._pause_at = True, None
 
     def _admit(self) -> None:
         """Take waiting jobs in order while their rows fit, and prefill them together."""
@@ -254,9 +225,6 @@ class Scheduler:
         for job in jobs:
             job.request = Request(job.prompts, job.n, job.settings, logprobs=job.logprobs,
                                   prompt_logprobs=job.echo_logprobs)
-            stop = stop_token_ids(self.tokenizer, job.settings)
-            job.rows = [_Row(i, TextStream(self.tokenizer, job.settings.stop, job.prompts[i // job.n], stop))
-                        for i in range(job.width)]
         try:
             self.core.add([job.request for job in jobs])
             started = jobs
@@ -275,41 +243,8 @@ class Scheduler:
         for job in started:
             self._active.append(job)
             if job.echo_logprobs:
-                for p, (chosen, values, ids) in enumerate(job.request.prompt_scores):
-                    job.emit(("prompt", p, job.prompts[p], [None, *chosen.tolist()],
-                              [None, *(_tops(v, i) for v, i in zip(values.tolist(), ids.tolist(), strict=True))]))
-
-    def _deliver(self, job: Job, tokens: list[int], logprobs: list[float] | None,
-                 tops: list[list[tuple[int, float]]] | None) -> None:
-        """One sampled token per row: text pieces, log-probabilities, finish reasons."""
-        job.steps += 1
-        for i, (row, tok) in enumerate(zip(job.rows, tokens, strict=True)):
-            if row.done:
-                continue  # a finished row still feeds its lane until the job leaves
-            row.tokens += 1
-            self.tokens_out += 1
-            if logprobs is not None and tok not in row.stream.stop_ids:
-                row.entries.append((tok, logprobs[i], tops[i]))
-            piece = row.stream.push(tok)
-            if row.stream.done:
-                self._send(job, row, piece)
-                self._finish(job, row, "stop")
-            elif job.steps >= job.settings.max_new_tokens:
-                self._send(job, row, piece + row.stream.finish())
-                self._finish(job, row, "length")
-            elif piece:
-                self._send(job, row, piece)
-
-    @staticmethod
-    def _send(job: Job, row: _Row, piece: str) -> None:
-        if piece or row.entries:
-            job.emit(("text", row.index, piece, row.entries))
-            row.entries = []
-
-    @staticmethod
-    def _finish(job: Job, row: _Row, reason: str) -> None:
-        row.done = True
-        job.emit(("finish", row.index, reason))
+                for p, scores in enumerate(self.core.prompt_scores(job.request)):
+                    self._send(job, [prompt_logprobs(p, job.prompts[p], scores)])
 
     def _leave(self, job: Job) -> None:
         """Drop a job: free its lanes and tell it it is over (the usage counts what the model saw)."""
@@ -318,17 +253,19 @@ class Scheduler:
             self.core.release(job.request)
         self.jobs_done += 1
         if not job.cancelled:
-            prompt_tokens = sum(len(p) for p in job.prompts)
-            done = sum(r.tokens for r in job.rows)
-            job.emit(("end", {"prompt_tokens": prompt_tokens, "completion_tokens": done,
-                              "total_tokens": prompt_tokens + done}))
+            job.emit(Ended(job.completion.usage()))
 
 
-def _tops(values: list[float], ids: list[int]) -> list[tuple[int, float]]:
-    return list(zip(ids, values, strict=True))
+def prompt_logprobs(p: int, ids: list[int], scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> PromptLogprobs:
+    """Prompt p's tokens with their log-probabilities from the core's prefill scores (the first has none)."""
+    chosen, values, top_ids = (t.tolist() for t in scores)
+    entries = [TokenLogprob(ids[0], None, None)]
+    entries += [TokenLogprob(tok, lp, tuple(zip(i, v, strict=True)))
+                for tok, lp, v, i in zip(ids[1:], chosen, values, top_ids, strict=True)]
+    return PromptLogprobs(p, tuple(entries))
 
 
-def _to_host(sampled: list[Sampled]) -> list[tuple[list[int], list[float] | None, list | None]]:
+def _to_host(sampled: list[Sampled]) -> list[tuple[list[int], list[float] | None, list[Tops] | None]]:
     """Every job's tokens (and log-probabilities) back on the host in one transfer: packed into one float64
     tensor (token ids below 2**53 are exact in it), copied once, unpacked per job."""
     if not sampled:
@@ -352,6 +289,7 @@ def _to_host(sampled: list[Sampled]) -> list[tuple[list[int], list[float] | None
         values = flat[at + rows:at + rows + rows * k]
         ids = flat[at + rows + rows * k:at + rows + 2 * rows * k]
         at += rows + 2 * rows * k
-        tops = [_tops(values[r * k:(r + 1) * k], [int(x) for x in ids[r * k:(r + 1) * k]]) for r in range(rows)]
+        tops = [tuple(zip((int(x) for x in ids[r * k:(r + 1) * k]), values[r * k:(r + 1) * k], strict=True))
+                for r in range(rows)]
         out.append((tokens, logprobs, tops))
     return out

@@ -1,18 +1,21 @@
 """The wire format: OpenAI-style completion requests, responses, chunks and errors, and the server's limits.
 
-Owns `CompletionRequest` (pydantic, OpenAI's field names; a bad field is a 400 naming it),
-`TokenizeRequest` / `DetokenizeRequest` (vLLM's /tokenize and /detokenize), `ServeLimits` (the caps a
-deployment sets), `APIError` and the small builders of response bodies and server-sent events. Does not own
-routing, the model, or how text is generated (`app.py`, `scheduler.py`).
+Owns `CompletionRequest` / `ChatCompletionRequest` (pydantic, OpenAI's field names and types; a bad field is
+a 400 naming it), `TokenizeRequest` / `DetokenizeRequest` (vLLM's /tokenize and /detokenize), `ServeLimits`
+(the caps a deployment sets), `APIError` and the small builders of response bodies and server-sent events.
+The ranges of the sampling settings are not repeated here: `SamplingSettings` checks them once and the app
+names the field (`prepare.py`). Does not own routing, the model, or how text is generated (`app.py`,
+`scheduler.py`).
 
 `logprobs` (0 to 5, OpenAI's range) gives each token's log-probability and its most likely alternatives;
 with `echo` the prompt's tokens too (the first has none), which with `max_tokens` 0 is how evaluation
 harnesses score a text. Fields that OpenAI defines but this server cannot honour (suffix, penalties,
 logit_bias, best_of other than n) are refused by name rather than silently ignored; an unknown field is
 refused like OpenAI does. Extensions, as vLLM spells them: `top_k`, `ignore_eos` (go on past
-<|endoftext|>), `truncate_prompt_tokens` (keep a prompt's last k tokens instead of refusing one longer than
-the context); and `window` (the engine's sliding policy past the block: full | half). The `openai` client
-sends extensions through `extra_body`.
+<|endoftext|>), `skip_special_tokens` (false shows special tokens as text), `truncate_prompt_tokens` (keep a
+prompt's last k tokens instead of refusing one longer than the context); and `window` (the engine's sliding
+policy past the block: full | half). The `openai` client sends extensions through `extra_body`. Chat takes
+`logprobs` (true) and `top_logprobs` (0 to 20) as OpenAI does.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from ..errors import UserError
-from ..sampling import MAX_STOP_LEN
 
-MAX_LOGPROBS = 5  # OpenAI's limit on logprobs
+MAX_LOGPROBS = 5  # OpenAI's limit on completions' logprobs
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on chat's top_logprobs
 
 
 @dataclass(frozen=True)
@@ -83,18 +86,19 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
-    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
+    max_tokens: StrictInt | None = None
+    temperature: Annotated[Number, Field(le=2)] | None = None  # OpenAI's bound; the rest is SamplingSettings'
+    top_p: Number | None = None
     top_k: StrictInt | None = None
-    window: Literal["full", "half"] | None = None  # past the block: the engine's sliding policy
+    window: StrictStr | None = None  # past the block: the engine's sliding policy (full | half)
     n: Annotated[StrictInt, Field(ge=1)] | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch's generator takes
+    seed: StrictInt | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
     ignore_eos: StrictBool = False
+    skip_special_tokens: StrictBool = True  # vLLM's name: false shows special tokens as text
     # OpenAI fields this server does not implement: accepted only at their "off" values
     presence_penalty: Number | None = None
     frequency_penalty: Number | None = None
@@ -103,20 +107,12 @@ class _Sampling(BaseModel):
     @field_validator("top_k")
     @classmethod
     def _top_k(cls, v: int | None) -> int | None:
-        if v is None or v == -1:  # -1: off, as vLLM spells it
-            return None
-        if v < 1:
-            raise ValueError("must be a positive whole number, or -1 / null for no top-k filter")
-        return v
+        return None if v == -1 else v  # -1: off, as vLLM spells it
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str]:
-        stops = [] if v is None else [v] if isinstance(v, str) else v  # how many: the server's max_stop
-        for s in stops:
-            if not 1 <= len(s) <= MAX_STOP_LEN:
-                raise ValueError(f"must be strings of 1 to {MAX_STOP_LEN} characters each")
-        return stops
+        return [] if v is None else [v] if isinstance(v, str) else v  # how many: the server's max_stop
 
     @field_validator("logit_bias", "suffix", check_fields=False)  # suffix: completions only
     @classmethod
@@ -172,9 +168,9 @@ class ChatCompletionRequest(_Sampling):
     model answers through its chat template. `max_completion_tokens` is the newer name of `max_tokens`."""
 
     messages: Any
-    max_completion_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
-    logprobs: StrictBool = False  # not supported for chat: accepted only false
-    top_logprobs: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    logprobs: StrictBool = False  # each reply token's log-probability (choices[].logprobs.content[])
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None  # and this many alternatives
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -194,25 +190,27 @@ class ChatCompletionRequest(_Sampling):
             return out
         return v
 
-    @field_validator("logprobs", "top_logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: Any) -> Any:
-        if v:
-            raise ValueError("is not supported for chat by this server (use /v1/completions with logprobs)")
-        return v
-
     def limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def top_logprobs_asked(self) -> int | None:
+        """Alternatives per reply token when `logprobs` is true (top_logprobs, default 0), else None."""
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise APIError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+            return None
+        return self.top_logprobs or 0
+
 
 class TokenizeRequest(BaseModel):
-    """POST /tokenize (vLLM's shape): the ids the server's tokenizer gives a text."""
+    """POST /tokenize (vLLM's shape): the ids the server's tokenizer gives a text, special tokens' names
+    recognised (as vLLM's Hugging Face tokenizers do; a completion's text prompt never is)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr | None = None
     prompt: StrictStr
-    add_special_tokens: StrictBool = True  # accepted for vLLM clients; the tokenizers here add none
+    add_special_tokens: StrictBool = True  # accepted for vLLM clients; the tokenizers here add no BOS
 
 
 class DetokenizeRequest(BaseModel):
@@ -243,13 +241,13 @@ def completion(cid: str, created: int, model: str, choices: list[dict], usage: d
     return body
 
 
-def chat_choice(index: int, text: str, finish_reason: str | None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+def chat_choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
             "finish_reason": finish_reason}
 
 
-def chat_delta(index: int, delta: dict, finish_reason: str | None) -> dict:
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+def chat_delta(index: int, delta: dict, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def sse(data: dict | str) -> str:

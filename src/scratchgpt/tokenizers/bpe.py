@@ -33,6 +33,7 @@ import numpy as np
 import tiktoken
 
 from ..errors import CheckpointError, UserError
+from .base import Tokenizer
 from .pretokenize import compile_pattern
 
 FORMAT = 1
@@ -41,7 +42,7 @@ ENDOFTEXT = "<|endoftext|>"
 AllowedSpecial = Literal["all"] | Collection[str]
 
 
-class TiktokenTokenizer:
+class TiktokenTokenizer(Tokenizer):
     """encode / decode through a `tiktoken.Encoding`; subclasses say where its ranks come from."""
 
     kind = "tiktoken"
@@ -56,10 +57,18 @@ class TiktokenTokenizer:
         return {s: self._enc.encode_single_token(s) for s in self._enc.special_tokens_set}
 
     @property
-    def eot_id(self) -> int | None:
+    def eot_token(self) -> int | None:
         return self.special_tokens.get(ENDOFTEXT)
 
-    eot_token = eot_id  # tiktoken's name for it, which the generation engine looks for
+    eot_id = eot_token  # the same id under the name meta.json gives it
+
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        """The tiktoken encoding (ranks, special tokens, split pattern) that encodes and decodes."""
+        return self._enc
+
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        return self.encode(text, allowed_special="all")
 
     def _allowed(self, allowed_special: AllowedSpecial) -> set[str]:
         allowed = set(self._enc.special_tokens_set) if allowed_special == "all" else set(allowed_special)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, UserError
+from .base import Tokenizer
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -23,7 +24,7 @@ def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
 
 
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
     kind = "char"
 
     def __init__(self, chars: list[str] | str, special_tokens: list[str] | tuple[str, ...] = ()):
@@ -80,6 +81,12 @@ class CharTokenizer:
     def decode(self, ids: list[int]) -> str:
         n = len(self.chars)
         return "".join(self.chars[i] if i < n else self.specials[i - n] for i in ids)
+
+    def decode_after(self, context: list[int], ids: list[int]) -> str:
+        return self.decode(ids)  # one character per id: nothing depends on its neighbours
+
+    def fewest_tokens(self, text: str) -> int:
+        return len(text)  # exact: one id per character
 
     def to_json(self) -> dict[str, Any]:
         obj = {"kind": self.kind, "chars": "".join(self.chars)}

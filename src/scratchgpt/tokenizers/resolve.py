@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 from ..errors import DataError, UserError, closest
-from .base import KINDS, Tokenizer, tokenizer_from_json
+from .base import Tokenizer
 from .bpe_train import TOKENIZER_FILE, train_bpe
 from .char import CharTokenizer
 from .gpt2 import load_gpt2
+from .registry import KINDS, tokenizer_from_json
 from .spm import SentencePieceTokenizer
 from .word import WordTokenizer
 

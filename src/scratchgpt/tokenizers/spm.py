@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, UserError
+from .base import Tokenizer
 
 
 def _spm() -> Any:
@@ -32,7 +33,7 @@ def _spm() -> Any:
     return sentencepiece
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(Tokenizer):
     kind = "spm"
 
     def __init__(self, model_proto: bytes):

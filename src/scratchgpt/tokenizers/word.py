@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, UserError
+from .base import Tokenizer
 from .pretokenize import SPLIT_PATTERNS, compile_pattern
 
 UNK = "<unk>"
 
 
-class WordTokenizer:
+class WordTokenizer(Tokenizer):
     kind = "word"
 
     def __init__(self, words: list[str]):
