@@ -127,7 +127,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                                 top_p=args.top_p, stop=tuple(args.stop or ()), seed=args.seed,
                                 window=args.window, ignore_eos=args.ignore_eos)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
-              cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
+              cuda_graphs=not args.no_cuda_graphs, threads=args.threads, quantize=args.quantize)
     if args.interactive:
         from .repl import run_repl
 
@@ -158,7 +158,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
-              cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
+              cuda_graphs=not args.no_cuda_graphs, threads=args.threads, quantize=args.quantize)
     if not has_template(lm.tokenizer):
         raise ChatError(f"'{args.run_dir}' has no chat template (its tokenizer lacks the chat special tokens); "
                         "fine-tune it on conversations (data.format = \"chat\") or use `scratchgpt sample`")
@@ -173,7 +173,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_run(args.run_dir, args.text or (), args.choices, which=args.which, device=args.device,
                           dtype=args.dtype, threads=args.threads, batch_size=args.batch_size, stride=args.stride,
-                          progress=not args.quiet)
+                          progress=not args.quiet, quantize=args.quantize)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
@@ -286,6 +286,12 @@ def _loading_flags(p: argparse.ArgumentParser) -> None:
                    help="auto: the precision policy for inference (docs/precision.md)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (for debugging)")
     p.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+    _quantize_flag(p)
+
+
+def _quantize_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: weight-only int8 matrices (a quarter of fp32's bytes per token; docs/precision.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                     help="auto: the precision policy for inference (docs/precision.md)")
     pq.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+    _quantize_flag(pq)
 
     pe = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 directory (transformers loads it)")
     pe.add_argument("run_dir")
