@@ -1,7 +1,8 @@
 """One precision policy, every client (issue 19): for a small char run, under both branches of the policy
 (SCRATCHGPT_NATIVE_BF16=1: bf16 weights; =0: float32; dtype auto), `scratchgpt sample`, `scratchgpt.load(run)`
 and the server give the same text for a seed (in the server also beside another request), and the server's
-echo log-probabilities equal `load(run).score(text)` and what `scratchgpt eval` computes, to 1e-5."""
+echo log-probabilities equal `load(run).score(text)` and what `scratchgpt eval` computes, to 1e-5; and so with
+weight-only int8 (`--quantize int8`), which every one of them applies the same way."""
 
 from __future__ import annotations
 
@@ -38,25 +39,29 @@ def run_dir(small_text_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("native, dtype", [("1", "bfloat16"), ("0", "float32")])
-def test_sample_api_server_and_eval_agree_under_each_policy(run_dir, tmp_path, capsys, monkeypatch, native, dtype):
+@pytest.mark.parametrize("native, dtype, quantize", [("1", "bfloat16", "none"), ("0", "float32", "none"),
+                                                     ("1", "bfloat16", "int8"), ("0", "float32", "int8")])
+def test_sample_api_server_and_eval_agree_under_each_policy(run_dir, tmp_path, capsys, monkeypatch, native, dtype,
+                                                            quantize):
     monkeypatch.setenv(NATIVE_BF16_ENV, native)
-    lm = scratchgpt.load(run_dir)  # dtype auto: the policy's answer for this CPU class
+    lm = scratchgpt.load(run_dir, quantize=quantize)  # dtype auto: the policy's answer for this CPU class
     assert str(next(lm.model.parameters()).dtype) == f"torch.{dtype}"
+    assert (type(lm.model.lm_head).__name__ == "Int8Linear") == (quantize == "int8")
     want = lm.generate(PROMPT, max_new_tokens=40, seed=5)
+    q = ["--quantize", quantize]
 
     capsys.readouterr()
-    assert cli_main(["sample", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "40", "--seed", "5"]) == 0
+    assert cli_main(["sample", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "40", "--seed", "5", *q]) == 0
     assert capsys.readouterr().out == PROMPT + want + "\n"
 
     scored = lm.score(TEXT)
     (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
     capsys.readouterr()
-    assert cli_main(["eval", str(run_dir), "--text", str(tmp_path / "text.txt"), "--json", "--quiet"]) == 0
+    assert cli_main(["eval", str(run_dir), "--text", str(tmp_path / "text.txt"), "--json", "--quiet", *q]) == 0
     report = json.loads(capsys.readouterr().out)
 
-    app = create_app(run_dir)
-    assert app.state.served.facts["dtype"] == dtype
+    app = create_app(run_dir, quantize=quantize)
+    assert app.state.served.facts["dtype"] == dtype and app.state.served.facts["quantize"] == quantize
     with running_server(app) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30)
         name = app.state.served.name

@@ -61,17 +61,20 @@ class LoadedModel:
 
 
 def load(run_dir: str | Path, which: str = "best", device: str = "cpu", dtype: str = "auto",
-         cuda_graphs: bool = True, threads: int = 0, compile: bool | str = False, **defaults) -> LoadedModel:
+         cuda_graphs: bool = True, threads: int = 0, compile: bool | str = False, quantize: str = "none",
+         **defaults) -> LoadedModel:
     """Load a run directory written by `scratchgpt train`. `device` is cpu | cuda | mps | auto; `dtype` auto
     follows the precision policy for inference (`runtime.POLICY`: docs/precision.md); `threads` sets the CPU
     threads (0: torch's default); `compile` runs the decode step through torch.compile (the first call of
-    each batch size compiles it). Extra keywords become default sampling settings."""
+    each batch size compiles it); `quantize` "int8" stores every matrix as int8 with a scale per output channel
+    (a quarter of fp32's bytes to read per token: `quantize.py`). Extra keywords become default sampling
+    settings."""
     if which not in ("best", "last"):
         raise UserError(f"which must be 'best' or 'last', got {which!r}")
     compile = {"on": True, "off": False}.get(compile, compile) if isinstance(compile, str) else compile
     if not isinstance(compile, bool):
         raise UserError(f"compile must be true or false (or on / off), got {compile!r}")
-    rt = runtime.setup(device, dtype, threads=threads, compile=compile, use="infer")
+    rt = runtime.setup(device, dtype, threads=threads, compile=compile, use="infer", quantize=quantize)
     model, tok, cfg = load_model(run_dir, which=which, device=rt.device)
     model = rt.prepare(model)
     return LoadedModel(model, tok, cfg, cuda_graphs=cuda_graphs, compile=rt.compile, **defaults)

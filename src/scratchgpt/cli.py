@@ -130,7 +130,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                                 top_p=args.top_p, stop=tuple(args.stop or ()), seed=args.seed,
                                 window=args.window, ignore_eos=args.ignore_eos)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
-              cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
+              cuda_graphs=not args.no_cuda_graphs, threads=args.threads, quantize=args.quantize)
     if args.interactive:
         from .repl import run_repl
 
@@ -160,7 +160,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed)
     lm = load(args.run_dir, which=args.which, device=args.device, dtype=args.dtype,
-              cuda_graphs=not args.no_cuda_graphs, threads=args.threads)
+              cuda_graphs=not args.no_cuda_graphs, threads=args.threads, quantize=args.quantize)
     lm.tokenizer.require_chat_template()
     run_chat(lm.engine, settings, system=args.system)
     return 0
@@ -173,7 +173,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_run(args.run_dir, args.text or (), args.choices, which=args.which, device=args.device,
                           dtype=args.dtype, threads=args.threads, batch_size=args.batch_size, stride=args.stride,
-                          progress=not args.quiet)
+                          progress=not args.quiet, quantize=args.quantize)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
@@ -260,7 +260,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
     serve(args.run_dir, host=args.host, port=args.port, which=args.which, device=args.device, dtype=args.dtype,
-          threads=args.threads, cuda_graphs=not args.no_cuda_graphs, max_batch=args.max_batch, max_tokens=args.max_tokens_cap, max_n=args.max_n,
+          threads=args.threads, cuda_graphs=not args.no_cuda_graphs, quantize=args.quantize,
+          max_batch=args.max_batch, max_tokens=args.max_tokens_cap, max_n=args.max_n,
           max_prompt_tokens=args.max_prompt_tokens, max_waiting=args.max_waiting, max_stop=args.max_stop,
           max_body_bytes=args.max_body_bytes)
     return 0
@@ -315,6 +316,12 @@ def _loading_flags(p: argparse.ArgumentParser) -> None:
                    help="auto: the precision policy for inference (docs/precision.md)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (for debugging)")
     p.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+    _quantize_flag(p)
+
+
+def _quantize_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: weight-only int8 matrices (a quarter of fp32's bytes per token; docs/precision.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                     help="auto: the precision policy for inference (docs/precision.md)")
     pq.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: torch's default)")
+    _quantize_flag(pq)
 
     pe = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 directory (transformers loads it)")
     pe.add_argument("run_dir")

@@ -326,7 +326,8 @@ def _total_row(scores: list[TextScore]) -> dict[str, Any]:
 
 def evaluate_run(run_dir: str | Path, texts: Sequence[str | Path] = (), choices: str | Path | None = None, *,
                  which: str = "best", device: str = "auto", dtype: str = "auto", threads: int = 0,
-                 batch_size: int = 8, stride: int | None = None, progress: bool = True) -> dict[str, Any]:
+                 batch_size: int = 8, stride: int | None = None, progress: bool = True,
+                 quantize: str = "none") -> dict[str, Any]:
     """Score text files and / or a multiple-choice file with a run's model; a JSON-ready report.
 
     Every file is read (and the choices file checked) before the model loads, and every file is encoded before
@@ -338,7 +339,7 @@ def evaluate_run(run_dir: str | Path, texts: Sequence[str | Path] = (), choices:
         raise UserError("`eval` needs --text FILE [FILE ...] or --choices FILE.jsonl")
     read = [(str(p), read_utf8(p)) for p in texts]
     questions = read_choices(choices) if choices is not None else None
-    rt = runtime.setup(device, dtype, threads=threads, use="infer")  # the same weights and numbers as load()
+    rt = runtime.setup(device, dtype, threads=threads, use="infer", quantize=quantize)  # the numbers load() gives
     model, tokenizer, cfg = load_model(run_dir, which=which, device=rt.device)
     model = rt.prepare(model)
     block = cfg.model.block_size

@@ -130,6 +130,7 @@ class Runtime:
     dtype: torch.dtype = torch.float32
     compile: bool = False
     use: str = "train"
+    quantize: str = "none"  # inference only: none | int8 (weight-only, `quantize.py`)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for training and its evaluation: fp32 weights, matmuls in `dtype` (nothing for fp32,
@@ -139,8 +140,11 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """A model ready for inference: on the device, its weights in `dtype`, in eval mode."""
-        return model.to(device=self.device, dtype=self.dtype).eval()
+        """A model ready for inference: on the device, its weights in `dtype` (the matrices in int8 when
+        `quantize` says so), in eval mode."""
+        from .quantize import quantize
+
+        return quantize(model.to(device=self.device, dtype=self.dtype).eval(), self.quantize)
 
     def compiled(self, module: nn.Module) -> nn.Module:
         """`torch.compile(module)` when compiling is on, else the module itself."""
@@ -161,12 +165,19 @@ def set_threads(threads: int) -> None:
 
 
 def setup(device: str = "auto", dtype: str = "auto", *, threads: int = 0, seed: int | None = None,
-          compile: bool = False, local_rank: int | None = None, use: str = "train") -> Runtime:
+          compile: bool = False, local_rank: int | None = None, use: str = "train",
+          quantize: str = "none") -> Runtime:
     """Resolve the device and the dtype of `use` ("train" or "infer"), set threads and TF32, seed torch, and
-    return the `Runtime`.
+    return the `Runtime`. `quantize` (none | int8) is for inference: `Runtime.prepare` applies it.
 
     `local_rank` (under torchrun) pins this process to its own GPU, cuda:local_rank.
     """
+    from .quantize import QUANTIZE
+
+    if quantize not in QUANTIZE:
+        raise UserError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize != "none" and use != "infer":
+        raise UserError("quantized weights are for inference (sample, serve, chat, eval); training needs full ones")
     dev = resolve_device(device)
     if dev.type == "cuda" and local_rank is not None:
         dev = torch.device("cuda", local_rank)
@@ -177,7 +188,7 @@ def setup(device: str = "auto", dtype: str = "auto", *, threads: int = 0, seed: 
         torch.backends.cudnn.allow_tf32 = True
     if seed is not None:
         torch.manual_seed(seed)
-    return Runtime(dev, resolve_dtype(dtype, dev, use), compile, use)
+    return Runtime(dev, resolve_dtype(dtype, dev, use), compile, use, quantize)
 
 
 __all__ = ["DEVICES", "DTYPES", "NATIVE_BF16_ENV", "POLICY", "Runtime", "USES", "cpu_has_native_bf16", "device_class",

@@ -42,8 +42,8 @@ def __getattr__(name: str) -> Any:
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = "best", device: str = "cpu",
-          dtype: str = "auto", threads: int = 0, cuda_graphs: bool = True, log_level: str = "info",
-          **limits: int) -> None:
+          dtype: str = "auto", threads: int = 0, cuda_graphs: bool = True, quantize: str = "none",
+          log_level: str = "info", **limits: int) -> None:
     """Load a run directory (through the precision policy for inference, as `sample` and `eval` do) and serve
     it with uvicorn until interrupted; `limits` are `ServeLimits` fields."""
     try:
@@ -62,7 +62,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, which: str = 
         why = os.strerror(e.errno) if e.errno else str(e)
         raise UserError(f"cannot listen on {host}:{port} ({why}); pass another --port or --host") from None
     app = create_app(run_dir, serve_limits, which=which, device=device, dtype=dtype, threads=threads,
-                     cuda_graphs=cuda_graphs)
+                     cuda_graphs=cuda_graphs, quantize=quantize)
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"note: listening on {host}; the API has no authentication, so anyone who can reach it can use it")
     facts = app.state.served.facts

@@ -72,13 +72,13 @@ class ServedModel:
 
 
 def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu", dtype: str = "auto",
-                threads: int = 0) -> ServedModel:
+                threads: int = 0, quantize: str = "none") -> ServedModel:
     """Load a run directory's model (best weights unless `which` is last) with its facts, through the precision
     policy for inference (`runtime.setup(..., use="infer")` and `Runtime.prepare`, as `scratchgpt.load`,
     `sample` and `eval` do: the same flags give the same numbers). The optional files (metrics.jsonl,
     trainer_state.json) only add facts: damaged, they are left out."""
     run = Path(run_dir)
-    rt = runtime.setup(device, dtype, threads=threads, use="infer")
+    rt = runtime.setup(device, dtype, threads=threads, use="infer", quantize=quantize)
     model, tok, cfg = load_model(run, which=which, device=rt.device)
     model = rt.prepare(model)
     path = weights_path(run, which)
@@ -92,7 +92,8 @@ def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu", d
         except (ValueError, OSError, AttributeError):
             val = None
     facts = {"checkpoint": path.name, "step": step, "val_loss": val if isinstance(val, (int, float)) else None,
-             "config_name": cfg.name, "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch.")}
+             "config_name": cfg.name, "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch."),
+             "quantize": rt.quantize}
     return ServedModel(model, tok, name=run.resolve().name, run_dir=run, facts=facts)
 
 
@@ -186,12 +187,14 @@ class Serving:
 
 
 def create_app(source: str | Path | ServedModel, limits: ServeLimits | None = None, *, which: str = "best",
-               device: str = "cpu", dtype: str = "auto", threads: int = 0, cuda_graphs: bool = True) -> FastAPI:
+               device: str = "cpu", dtype: str = "auto", threads: int = 0, cuda_graphs: bool = True,
+               quantize: str = "none") -> FastAPI:
     """The app for a run directory (loaded by `load_served`) or an already loaded `ServedModel`. Its scheduler
     starts now and stops when the app shuts down."""
     limits = limits or ServeLimits()
     limits.check()
-    served = source if isinstance(source, ServedModel) else load_served(source, which, device, dtype, threads)
+    served = source if isinstance(source, ServedModel) else load_served(source, which, device, dtype, threads,
+                                                                          quantize)
     scheduler = Scheduler(served.model, served.tokenizer, limits.max_batch, limits.max_waiting,
                           cuda_graphs=cuda_graphs).start()
     app = FastAPI(title="scratchgpt", lifespan=_lifespan, docs_url="/docs", redoc_url=None)
