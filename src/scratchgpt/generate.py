@@ -251,10 +251,12 @@ class DecodeCore:
     `vocab_limit` (the tokenizer's vocabulary, when the model pads its own) keeps ids that cannot be decoded
     from ever being sampled. `fixed_shapes` decodes a bucket of lanes (the next power of two of the rows in
     use, or all lanes) over the whole window under a mask, the shapes a CUDA graph or a compiled step needs,
-    instead of exactly the lanes and positions in use (on by default where CUDA graphs are or `compile` is,
-    and for bf16 weights: a step over exactly the keys in use sums attention over as many keys as the
-    longest row has, and bf16 rounds that sum differently as it changes, so a row's numbers would depend on
-    what runs beside it; over the whole window they never do);
+    instead of exactly the lanes and positions in use (on by default where CUDA graphs are or `compile` is;
+    a step over exactly the keys in use sums attention over as many keys as the longest row has, and rounds
+    that sum a little differently as it changes: in float32 a row's numbers move by about 1e-7 with what runs
+    beside it, in bf16 by its last bit, so pass `fixed_shapes=True` where a row must not depend on its
+    neighbours at all; it costs attention over the whole window every step, 2-4x slower decoding on a CPU in
+    bf16: docs/precision.md);
     `cuda_graphs` captures that step on CUDA (ignored elsewhere); `compile` runs it through `torch.compile`
     (one compilation per bucket, on first use: the decode step fused into a few kernels).
     """
@@ -284,8 +286,7 @@ class DecodeCore:
         self._rows: list[_Lane] = []  # row i holds lane i: the active lanes are 0..A-1
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         graphs = cuda_graphs and dev.type == "cuda" and model.cache_shape()[0] > 0
-        low = next(model.parameters()).dtype != torch.float32  # bf16: numbers must not depend on neighbours
-        self.fixed_shapes = (graphs or compile or low) if fixed_shapes is None else fixed_shapes
+        self.fixed_shapes = (graphs or compile) if fixed_shapes is None else fixed_shapes
         if compile and not self.fixed_shapes:
             raise ValueError("a compiled decode step needs fixed shapes")
         self._run_step = torch.compile(self._step, dynamic=False) if compile else self._step

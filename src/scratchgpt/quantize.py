@@ -90,10 +90,15 @@ def quantize(model: nn.Module, how: str = "int8") -> nn.Module:
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the weights one decode step reads: every matrix multiplied (Linear or Int8Linear, with its
     scales and biases), norms and the position rows are small; the embedding table is only looked up."""
+    from .cpu_linear import CPULinear
+
     total = 0
     for m in model.modules():
         if isinstance(m, Int8Linear):
             total += m.qweight.numel() + m.scale.numel() * m.scale.element_size()
+        elif isinstance(m, CPULinear):
+            w = m.packed if m.packed is not None else m.weight
+            total += m.in_features * m.out_features * w.element_size()
         elif isinstance(m, nn.Linear):
             total += m.weight.numel() * m.weight.element_size()
         else:

@@ -141,10 +141,14 @@ class Runtime:
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """A model ready for inference: on the device, its weights in `dtype` (the matrices in int8 when
-        `quantize` says so), in eval mode."""
+        `quantize` says so, else on a CPU computed by the kernels `cpu_linear.py` chose), in eval mode."""
+        from .cpu_linear import use_cpu_kernels
         from .quantize import quantize
 
-        return quantize(model.to(device=self.device, dtype=self.dtype).eval(), self.quantize)
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.quantize != "none":
+            return quantize(model, self.quantize)
+        return use_cpu_kernels(model)  # on a CPU: the matrix kernels that measured fastest (cpu_linear.py)
 
     def compiled(self, module: nn.Module) -> nn.Module:
         """`torch.compile(module)` when compiling is on, else the module itself."""

@@ -10,8 +10,8 @@ which drives `scratchgpt sample` the same way; does not assemble text or decide 
 
 A step. Cancelled jobs leave; waiting jobs join while lanes are free (first come, first served) and are
 prefilled together (prompts of equal length in one forward); the core samples one token for every row, each
-job with its own generator (so a seed gives the same text whatever else is running, and the same text as
-`sample`); the tokens come back to the host once for all jobs; each job's completion turns them into events
+job with its own generator (so a seed gives the same text as `sample`, and whatever else is running: exactly
+in float32 up to rounding of about 1e-7 in its logits, in bf16 up to their last bit, docs/precision.md); the tokens come back to the host once for all jobs; each job's completion turns them into events
 (text pieces, finish reasons); finished jobs leave with their usage; the core feeds the remaining rows their
 tokens (one decode forward for all of them).
 
