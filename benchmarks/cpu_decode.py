@@ -84,8 +84,9 @@ def time_ours(run: Path, prompts: list[str], new: int, dtype: str, compile: str,
     return dt, [[ALPHABET.index(c) for c in t] for t in texts], weight_bytes(lm.model), resolved
 
 
-def bandwidth(reps: int = 5) -> float:
-    """Streaming read bandwidth in bytes/s: the best of `reps` sums over 540 MB of float32."""
+def bandwidth(reps: int = 10) -> float:
+    """Streaming read bandwidth in bytes/s: the best of `reps` sums over 540 MB of float32 (at the thread count
+    set; a 2-core machine of this kind measured 35 to 50 GB/s from run to run)."""
     x = torch.ones(540_000_000 // 4)
     x.sum()
     best = float("inf")

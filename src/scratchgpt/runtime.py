@@ -148,6 +148,8 @@ class Runtime:
         model = model.to(device=self.device, dtype=self.dtype).eval()
         if self.quantize != "none":
             return quantize(model, self.quantize)
+        if self.compile:  # torch.compile picks (and prepacks) its own kernels
+            return model
         return use_cpu_kernels(model)  # on a CPU: the matrix kernels that measured fastest (cpu_linear.py)
 
     def compiled(self, module: nn.Module) -> nn.Module:
