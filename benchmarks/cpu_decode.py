@@ -29,21 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import as_cpu_class, print_table
 
 import scratchgpt
 from scratchgpt.interop.hf import import_hf
 from scratchgpt.quantize import weight_bytes
 from scratchgpt.runtime import cpu_has_native_bf16, resolve_dtype
 from scratchgpt.tokenizers import CharTokenizer
-
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "SCRATCHGPT_NATIVE_BF16": "0"}
 
 # one code point per id, from U+4E00 on, skipping the surrogates (JSON would pair them into other characters)
 ALPHABET = [chr(c) for c in range(0x4E00, 0x4E00 + 52000) if not 0xD800 <= c <= 0xDFFF][:50257]
@@ -110,9 +107,8 @@ def main() -> None:
     ap.add_argument("--cpu-class", choices=["native", "avx2"], default="native",
                     help="avx2: run as an AVX2-only CPU would (ATen and oneDNN capped at AVX2, no native bf16)")
     args = ap.parse_args()
-    if args.cpu_class == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})  # the env must be set
-    if args.threads:                                                                   # before torch loads
+    as_cpu_class(args.cpu_class)
+    if args.threads:
         torch.set_num_threads(args.threads)
     bw = bandwidth()
     rows = []
@@ -149,11 +145,7 @@ def main() -> None:
             "same tokens as transformers")
     table = [head] + [(r[0], r[1], r[2], r[3], str(r[4]), f"{r[5]:,.1f}", f"{r[6]:.2f}x", f"{r[7]:.0%}", r[8])
                       for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    for i, r in enumerate(table):
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-        if i == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_table(table[0], table[1:])
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import as_cpu_class, print_table
 
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "SCRATCHGPT_NATIVE_BF16": "0"}
 DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -106,8 +105,7 @@ def main() -> None:
     ap.add_argument("--text", help="the text --run is scored on (default: the last 20,000 characters of "
                                    "$SCRATCHGPT_TINYSHAKESPEARE)")
     args = ap.parse_args()
-    if args.cpu_class == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
+    as_cpu_class(args.cpu_class)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -141,11 +139,7 @@ def main() -> None:
     head = ("model", "use", "work", "fp32 tok/s", "bf16 tok/s", "bf16 / fp32", "accuracy")
     table = [head] + [(r[0], r[1], r[2], f"{r[3]:,.0f}", f"{r[4]:,.0f}", f"{r[4] / r[3]:.2f}x" if r[3] == r[3] else "-",
                        r[5]) for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    for j, r in enumerate(table):
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-        if j == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_table(table[0], table[1:])
 
 
 if __name__ == "__main__":

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_class_env, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 NANOGPT_CPU = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
                "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "SCRATCHGPT_NATIVE_BF16": "0"}
 
 
 def corpus() -> Path:
@@ -120,9 +120,9 @@ def main() -> None:
     checkout = Path(args.nanogpt).expanduser()
     if not (checkout / "train.py").is_file() or not (checkout / "config/train_shakespeare_char.py").is_file():
         sys.exit(f"'{checkout}' is not a nanoGPT checkout (no train.py / config/train_shakespeare_char.py)")
-    env = {**os.environ, **(AVX2_ENV if args.cpu_class == "avx2" else {})}
-    from scratchgpt.models import ModelConfig, build_model  # noqa: F401 - fail early without the package
+    env = cpu_class_env(args.cpu_class)
     from scratchgpt.checkpoint import load_model
+    from scratchgpt.models import ModelConfig, build_model  # noqa: F401 - fail early without the package
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,11 +151,7 @@ def main() -> None:
             "our full val", "ours - nanoGPT")
     table = [head] + [(str(r[0]), f"{r[1]:.1f}", str(r[2]), f"{r[3]:.4f}", f"{r[4]:.1f}", f"{r[5]:.1f}", f"{r[6]:.4f}",
                        f"{r[6] - r[3]:+.4f}") for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    for j, r in enumerate(table):
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-        if j == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_table(table[0], table[1:])
 
 
 if __name__ == "__main__":
