@@ -325,3 +325,19 @@ def test_every_file_a_writer_writes_is_its_kinds_output(res, base_run, tmp_path)
         names = [p.name for p in d.iterdir()]
         assert kind.marker(d) and all(kind.is_output(n) for n in names), names
     assert not outputs.DATA.is_output("input.txt") and not outputs.RUN.is_output("notes.txt")
+
+
+@pytest.mark.parametrize("files", [("tokenizer.json",), ("loss.png",), ("tokenizer.json", "loss.png")])
+def test_train_never_takes_a_directory_of_run_file_names_that_no_killed_run_left(files, res, tmp_path, capsys):
+    """A killed run leaves logged metrics or weights before anything else; a directory holding only, say, a
+    tokenizer.json (a `tokenizer train` output) or a plot is somebody's, so train refuses it and touches nothing."""
+    target = tmp_path / "out"
+    target.mkdir()
+    for name in files:
+        (target / name).write_text("{}" if name.endswith(".json") else "not a plot")
+    before = listing(target)
+    assert cli_main(["train", str(res["recipe"]), "--out", str(target), "--quiet"]) == 2
+    assert f"'{target}' holds" in one_error(capsys)
+    assert listing(target) == before
+    (target / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 4.0}\n')  # now a killed run's
+    assert cli_main(["train", str(res["recipe"]), "--out", str(target), "--quiet"]) == 0

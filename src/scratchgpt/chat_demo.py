@@ -41,6 +41,8 @@ from .checkpoint import init_from_run, is_run_dir, read_config, read_tokenizer
 from .config import Config, DataConfig, load_recipe
 from .console import echo
 from .data import prepare_shakespeare_char, shakespeare_source
+from .errors import DataError
+from .fileio import read_utf8
 from .generate import Engine
 from .models import build_model
 from .outputs import Kind, claim
@@ -86,8 +88,12 @@ def make_data(corpus: Path, out: Path, train_size: int, heldout_words: int, seed
     """train.jsonl (train_size conversations) and heldout.jsonl (3 questions about each of heldout_words words
     that train.jsonl never mentions), swapped into `out` whole."""
     target = claim(out, CONVERSATIONS, "demo chat", inputs=[corpus])
-    text = corpus.read_text(encoding="utf-8")
+    text = read_utf8(corpus)  # missing, empty, a directory or not UTF-8: one sentence
     words = sorted({w for w in re.findall(r"[a-z]+", text) if 3 <= len(w) <= 8})
+    if len(words) < heldout_words + 10:
+        raise DataError(f"'{corpus}' has {len(words)} distinct lower-case words of 3 to 8 letters; the demo needs at "
+                        f"least {heldout_words + 10} ({heldout_words} held out, the rest to fine-tune on): pass a "
+                        "larger text with --corpus")
     rng = random.Random(seed)
     rng.shuffle(words)
     held, train_words = words[:heldout_words], words[heldout_words:]
@@ -154,7 +160,7 @@ def run_chat_demo(corpus: str | Path | None = None, data_dir: str | Path = "data
     start = time.time()
     train_size, heldout_words, overrides = BUDGETS[budget]
     data, runs = Path(data_dir), Path(runs_dir)
-    text = shakespeare_source(corpus, data / "shakespeare_char")  # --input, $SCRATCHGPT_TINYSHAKESPEARE, download
+    text = shakespeare_source(corpus, data / "shakespeare_char")  # --corpus, $SCRATCHGPT_TINYSHAKESPEARE, download
     make_data(text, data / "chat_demo_src", train_size, heldout_words)
     base, sft = runs / "chat_demo_base", runs / "chat_demo"
     if is_run_dir(base):

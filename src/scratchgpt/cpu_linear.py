@@ -19,9 +19,17 @@ the default kernel. Results equal `nn.Linear`'s to float rounding: tests/test_cp
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# oneDNN's on/off switch is one setting for the whole process: a bf16 one-row product turns it off for its call
+# and back, under this lock, so two threads never leave it off. A multi-row bf16 product that another thread
+# runs during that call takes ATen's kernel too (the same numbers to rounding, slower); the server runs every
+# decode step on one thread, so it never meets this.
+_ONEDNN_SWITCH = threading.Lock()
 
 
 def _can_reorder() -> bool:
@@ -30,7 +38,9 @@ def _can_reorder() -> bool:
 
 class CPULinear(nn.Module):
     """y = x W^T + b with the kernel chosen for the weight's dtype (module docstring). `packed` holds an fp32
-    weight in oneDNN's layout (then `weight` is None); a bf16 weight stays as it is."""
+    weight in oneDNN's layout (then `weight` is None, and the model cannot be moved or cast: load it again); a
+    bf16 weight stays as it is. The kernel depends on the number of rows, so a row's numbers can differ by
+    float rounding with the rows beside it."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -52,15 +62,23 @@ class CPULinear(nn.Module):
         if self.packed is not None:
             y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         elif flat.size(0) == 1 and flat.dtype == torch.bfloat16:
-            was = torch._C._get_mkldnn_enabled()  # (torch.backends.mkldnn.flags also warns about TF32 each call)
-            torch._C._set_mkldnn_enabled(False)  # ATen's matrix-vector product
-            try:
-                y = F.linear(flat, self.weight, self.bias)
-            finally:
-                torch._C._set_mkldnn_enabled(was)
+            with _ONEDNN_SWITCH:  # (torch.backends.mkldnn.flags would also warn about TF32 at every call)
+                was = torch._C._get_mkldnn_enabled()
+                torch._C._set_mkldnn_enabled(False)  # ATen's matrix-vector product
+                try:
+                    y = F.linear(flat, self.weight, self.bias)
+                finally:
+                    torch._C._set_mkldnn_enabled(was)
         else:
             y = F.linear(flat, self.weight, self.bias)
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        if self.packed is not None:  # a reordered weight is this CPU's layout: it moves and casts nowhere
+            raise ValueError("this model's weights were laid out for this CPU when it was loaded for inference; load "
+                             "the run again with the device and dtype you want (scratchgpt.load(run, device=..., "
+                             "dtype=...))")
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         kernel = "oneDNN reordered" if self.packed is not None else "ATen/oneDNN by rows"

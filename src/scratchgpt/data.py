@@ -112,6 +112,9 @@ def shakespeare_source(input_path: str | Path | None = None, out_dir: str | Path
     (downloaded there the first time, once out_dir is known to be one prepare may write)."""
     src = input_path or os.environ.get(SHAKESPEARE_ENV)
     if src:
+        if not Path(src).is_file():
+            how = "the input" if input_path else f"${SHAKESPEARE_ENV}"
+            raise DataError(f"tiny Shakespeare not found at '{src}' ({how}); pass the path of its input.txt")
         return Path(src)
     dest = Path(out_dir) / "input.txt"
     if not dest.is_file():

@@ -46,8 +46,9 @@ class UsageError(UserError):
 
 
 class Interrupted(UserError):
-    """Training stopped by a signal (Ctrl-C, SIGTERM, SIGHUP) after saving a checkpoint; the exit status is
-    128 + the signal's number, as a shell reports a process a signal ended (130 for Ctrl-C)."""
+    """A command stopped by a signal (Ctrl-C, SIGTERM, SIGHUP): training after saving a checkpoint, `serve` after
+    finishing its open streams; the exit status is 128 + the signal's number, as a shell reports a process a
+    signal ended (130 for Ctrl-C)."""
 
     def __init__(self, message: str, signum: int = 2):
         super().__init__(message)

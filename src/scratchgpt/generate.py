@@ -252,11 +252,10 @@ class DecodeCore:
     from ever being sampled. `fixed_shapes` decodes a bucket of lanes (the next power of two of the rows in
     use, or all lanes) over the whole window under a mask, the shapes a CUDA graph or a compiled step needs,
     instead of exactly the lanes and positions in use (on by default where CUDA graphs are or `compile` is;
-    a step over exactly the keys in use sums attention over as many keys as the longest row has, and rounds
-    that sum a little differently as it changes: in float32 a row's numbers move by about 1e-7 with what runs
-    beside it, in bf16 by its last bit, so pass `fixed_shapes=True` where a row must not depend on its
-    neighbours at all; it costs attention over the whole window every step, 2-4x slower decoding on a CPU in
-    bf16: docs/precision.md);
+    on a CPU it makes attention over the whole window every step, 2-4x slower decoding in bf16). Neither makes
+    a row's numbers independent of the rows beside it on a CPU: the attention length and the matrix kernels
+    (`cpu_linear.py` chooses by the number of rows) round a little differently, about 1e-6 in float32 and the
+    last bit in bf16 (docs/precision.md);
     `cuda_graphs` captures that step on CUDA (ignored elsewhere); `compile` runs it through `torch.compile`
     (one compilation per bucket, on first use: the decode step fused into a few kernels).
     """
@@ -630,8 +629,8 @@ class Engine:
             return
         core = self.core(B)
         req = Request(prompts, ns, s, generator=gen)
-        core.add([req])
         try:
+            core.add([req])  # inside: an interrupt during the prefill still frees the lanes
             out = torch.empty(B, n, dtype=torch.long, device=self.device)  # (B, n) the new tokens
             last = 0
             for t in range(n):
@@ -643,7 +642,8 @@ class Engine:
                 if t < n - 1:
                     core.advance([sampled])
         finally:
-            core.release(req)
+            if req in core.requests:  # add may have stopped before it took the lanes
+                core.release(req)
 
     def core(self, lanes: int) -> DecodeCore:
         """The decode core for batches of `lanes` rows (kept, with its cache and graphs, for the next call)."""

@@ -59,7 +59,9 @@ class Kind:
     marker: Callable[[Path], bool]  # whether a directory holds one
     is_output: Callable[[str], bool]  # whether an entry is the kind's own (replaced), not the user's (carried)
     needs_force: bool = False  # replacing one needs --force: it holds work the same command cannot simply redo
-    leftovers: bool = False  # a directory holding only its outputs, without the marker, is a killed writer's
+    # a directory holding only its outputs, without the marker, is a killed writer's when these names say so
+    # (what such a writer always leaves among them); None: never
+    leftovers: frozenset[str] | None = None
     variant: Callable[[Path], str | None] | None = None  # which sort of the kind a directory holds (data: text, chat)
 
     def carry(self, name: str) -> bool:
@@ -115,7 +117,10 @@ EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer
 # `.prepare-*`: an older version's staging.
 _DATA_OUTPUT = re.compile(r"meta\.json|(train|val)(_\d+)?\.bin|(train|val)\.(learn|offsets)\.bin|\.prepare-.*")
 
-RUN = Kind("a run", _is_run, frozenset(RUN_FILES).__contains__, needs_force=True, leftovers=True)
+# a run killed before its first checkpoint has logged metrics or written weights (tokenizer.json comes after
+# them), so a directory holding only, say, a tokenizer.json or a plot is somebody else's, not a killed run's
+RUN = Kind("a run", _is_run, frozenset(RUN_FILES).__contains__, needs_force=True,
+           leftovers=frozenset({"metrics.jsonl", "model.safetensors", "trainer_state.safetensors"}))
 EXPORT = Kind("a Hugging Face export", _is_export, frozenset(EXPORT_FILES).__contains__, needs_force=True)
 DATA = Kind("prepared data", lambda d: (d / "meta.json").is_file(),
             lambda name: _DATA_OUTPUT.fullmatch(name) is not None, variant=_data_format)
@@ -183,7 +188,9 @@ def claim(target: str | Path, kind: Kind, command: str, *, force: bool = False, 
             raise UserError(f"'{t}' holds prepared {was} data, and `{command}` would turn it into {variant} data; "
                             f"pass --force to replace it, or choose another {flag}")
         return Claim(t, kind, replaces=True)
-    if not found or (kind.leftovers and all(kind.is_output(p.name) for p in found)):
+    names = {p.name for p in found}
+    if not found or (kind.leftovers is not None and all(kind.is_output(n) for n in names)
+                     and names & kind.leftovers):
         return Claim(t, kind, replaces=False)
     raise UserError(f"'{t}' holds {describe(t, found)}; `{command}` writes only into a new or empty directory or "
                     f"one holding {kind.name}, and replaces nothing else: choose another {flag}")

@@ -141,7 +141,10 @@ def problem(value: Any, spec: Any, path: str = "") -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool)
         return None if ok and (lo is None or value >= lo) and (hi is None or value <= hi) else wrong()
     if spec is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        try:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        except OverflowError:  # an int too large for a float (JSON allows any number of digits)
+            ok = False
         return None if ok else wrong()
     if spec is bool:
         return None if isinstance(value, bool) else wrong()

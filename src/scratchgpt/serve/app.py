@@ -2,8 +2,8 @@
 
 Owns `create_app` (the FastAPI app: its state, middleware, error handlers and routes; the routes are
 module-level functions over `request.app.state.serving`), `load_served` (a run directory -> model, tokenizer
-and the facts the page shows), the routes (/v1/completions, /v1/chat/completions, /v1/models, /tokenize,
-/detokenize, /health, /info, /metrics, the page at /), the body-size cap, and running a checked request: queue
+and the facts the page shows), the routes (/v1/completions, /v1/chat/completions, /v1/models,
+/v1/models/{id}, /tokenize, /detokenize, /tokenizer_info, /health, /info, /metrics, the page at /), the body-size cap, and running a checked request: queue
 it, then consume its events in one place (`answer.Answer`) for a streamed or a whole answer. Does not own
 checking a request (`prepare.py`), answers' shapes (`answer.py`, `schemas.py`), batching or generation
 (`scheduler.py` over the engine's decode core) or sampling (`sampling.py`); the page itself is static files
@@ -80,6 +80,7 @@ def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu", d
     run = Path(run_dir)
     rt = runtime.setup(device, dtype, threads=threads, use="infer", quantize=quantize)
     model, tok, cfg = load_model(run, which=which, device=rt.device)
+    n_params = sum(p.numel() for p in model.parameters())  # before prepare: int8 and reordered weights are buffers
     model = rt.prepare(model)
     path = weights_path(run, which)
     step = read_step(path)
@@ -93,14 +94,14 @@ def load_served(run_dir: str | Path, which: str = "best", device: str = "cpu", d
             val = None
     facts = {"checkpoint": path.name, "step": step, "val_loss": val if isinstance(val, (int, float)) else None,
              "config_name": cfg.name, "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch."),
-             "quantize": rt.quantize}
+             "quantize": rt.quantize, "parameters": n_params}
     return ServedModel(model, tok, name=run.resolve().name, run_dir=run, facts=facts)
 
 
 def model_facts(served: ServedModel) -> dict:
     m, tok = served.model, served.tokenizer
     facts = {
-        "parameters": sum(p.numel() for p in m.parameters()),
+        "parameters": served.facts.get("parameters", sum(p.numel() for p in m.parameters())),
         "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
         "context": m.block_size,

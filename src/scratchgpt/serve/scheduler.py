@@ -10,8 +10,8 @@ which drives `scratchgpt sample` the same way; does not assemble text or decide 
 
 A step. Cancelled jobs leave; waiting jobs join while lanes are free (first come, first served) and are
 prefilled together (prompts of equal length in one forward); the core samples one token for every row, each
-job with its own generator (so a seed gives the same text as `sample`, and whatever else is running: exactly
-in float32 up to rounding of about 1e-7 in its logits, in bf16 up to their last bit, docs/precision.md); the tokens come back to the host once for all jobs; each job's completion turns them into events
+job with its own generator (so a seed gives the same text as `sample`; beside other jobs its logits move by
+float rounding only, about 1e-6 in float32 and the last bit in bf16: docs/precision.md); the tokens come back to the host once for all jobs; each job's completion turns them into events
 (text pieces, finish reasons); finished jobs leave with their usage; the core feeds the remaining rows their
 tokens (one decode forward for all of them).
 
@@ -75,7 +75,9 @@ class Scheduler:
                  cuda_graphs: bool = True):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_waiting = max_batch, max_waiting
-        self.core = DecodeCore(model, max_batch, vocab_limit=tokenizer.vocab_size, cuda_graphs=cuda_graphs)
+        self._new_core = lambda: DecodeCore(model, max_batch, vocab_limit=tokenizer.vocab_size, cuda_graphs=cuda_graphs)
+        self.core = self._new_core()
+        self._core_broken = False  # a release failed: the core's state cannot be trusted; rebuilt at the next step
         self.block_size = self.core.block_size
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []
@@ -121,7 +123,7 @@ class Scheduler:
         job = Job(prompts, n, settings, emit, Completion(prompts, n, settings, self.tokenizer), logprobs,
                   echo_logprobs)
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
+            if len(self._waiting) >= self.max_waiting or not self.alive:  # a stopped worker would never run it
                 return None
             job.id = next(self._ids)
             self._waiting.append(job)
@@ -157,6 +159,10 @@ class Scheduler:
                     traceback.print_exc()
                     for job in list(self._active):
                         self._fail(job, f"generation failed: {type(e).__name__}: {e}")
+                if self._core_broken:  # a fresh core (empty lanes) for whatever comes next
+                    for job in list(self._active):
+                        self._fail(job, "generation failed: the decode state was lost")
+                    self.core, self._core_broken = self._new_core(), False
         with self._cond:
             jobs = self._active + list(self._waiting)
             self._waiting.clear()
@@ -168,7 +174,11 @@ class Scheduler:
         if job in self._active:
             self._active.remove(job)
         if job.request is not None and job.request in self.core.requests:
-            self.core.release(job.request)
+            try:
+                self.core.release(job.request)
+            except Exception:  # noqa: BLE001 - the core is in a state it cannot leave: rebuilt after this step
+                traceback.print_exc()
+                self._core_broken = True
         if not job.cancelled:
             job.emit(Failed(message))
 
@@ -240,11 +250,15 @@ class Scheduler:
                 except Exception as e:  # noqa: BLE001
                     traceback.print_exc()
                     self._fail(job, f"generation failed: {type(e).__name__}: {e}")
+        self._active.extend(started)  # all of them first: each holds lanes from here on
         for job in started:
-            self._active.append(job)
             if job.echo_logprobs:
-                for p, scores in enumerate(self.core.prompt_scores(job.request)):
-                    self._send(job, [prompt_logprobs(p, job.prompts[p], scores)])
+                try:
+                    for p, scores in enumerate(self.core.prompt_scores(job.request)):
+                        self._send(job, [prompt_logprobs(p, job.prompts[p], scores)])
+                except Exception as e:  # noqa: BLE001 - this job's scores: fail it alone
+                    traceback.print_exc()
+                    self._fail(job, f"generation failed: {type(e).__name__}: {e}")
 
     def _leave(self, job: Job) -> None:
         """Drop a job: free its lanes and tell it it is over (the usage counts what the model saw)."""
