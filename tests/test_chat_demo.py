@@ -56,3 +56,18 @@ def test_a_run_the_demo_did_not_write_is_refused_untouched(shakespeare_path, tmp
     assert main(demo(shakespeare_path, tmp_path)) == 2
     assert "--force" in capsys.readouterr().err
     assert sha256_file(tmp_path / "runs/chat_demo/model.safetensors") == before
+
+
+def test_a_corpus_the_demo_cannot_use_is_one_sentence(tmp_path, capsys):
+    """A missing path, a file that is not UTF-8, and a text with too few words: each one `error:` line, exit 2,
+    nothing written."""
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ol\xe9 ".encode("latin-1") * 50)
+    (tmp_path / "tiny.txt").write_text("hello world", encoding="utf-8")
+    for corpus, says in ((tmp_path / "missing.txt", "not found"), (tmp_path / "latin1.txt", "UTF-8"),
+                         (tmp_path / "tiny.txt", "distinct lower-case words")):
+        argv = ["demo", "chat", "--budget", "tiny", "--corpus", str(corpus), "--data", str(tmp_path / "data"),
+                "--runs", str(tmp_path / "runs"), "--quiet"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data" / "chat_demo").exists()

@@ -90,10 +90,10 @@ def make_data(corpus: Path, out: Path, train_size: int, heldout_words: int, seed
     target = claim(out, CONVERSATIONS, "demo chat", inputs=[corpus])
     text = read_utf8(corpus)  # missing, empty, a directory or not UTF-8: one sentence
     words = sorted({w for w in re.findall(r"[a-z]+", text) if 3 <= len(w) <= 8})
-    if len(words) < heldout_words + 10:
-        raise DataError(f"'{corpus}' has {len(words)} distinct lower-case words of 3 to 8 letters; the demo needs at "
-                        f"least {heldout_words + 10} ({heldout_words} held out, the rest to fine-tune on): pass a "
-                        "larger text with --corpus")
+    if len(words) <= heldout_words:
+        raise DataError(f"'{corpus}' has {len(words)} distinct lower-case words of 3 to 8 letters; the demo needs more "
+                        f"than {heldout_words} ({heldout_words} held out, the rest to fine-tune on): pass a larger text "
+                        "with --corpus")
     rng = random.Random(seed)
     rng.shuffle(words)
     held, train_words = words[:heldout_words], words[heldout_words:]

@@ -31,7 +31,8 @@ class LineProgress:
     """A progress display for logs, with the part of tqdm's interface the callers use (update, set_postfix,
     n, total, close): a line such as `train:  33% 10/30 [00:01<00:02, 9.52step/s, loss=3.1]` when the caller
     reports (`set_postfix`: printed at the next update, so it counts that step) or `every` seconds have passed,
-    and a last one at `close` when something moved since the last line printed (or since the start)."""
+    and a last one at `close` when it printed any before and something moved since (a job shorter than `every`
+    that never reports prints no line: a log keeps only what a person would wait for)."""
 
     def __init__(self, total: int | None, desc: str, unit: str, initial: int, unit_scale: bool, every: float,
                  file: Any = None):
@@ -39,7 +40,7 @@ class LineProgress:
         self.file = file or sys.stderr
         self.n = self.initial = self._printed = initial
         self.start = self._last = time.monotonic()
-        self.postfix, self._report = "", False
+        self.postfix, self._report, self._any = "", False, False
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -52,7 +53,7 @@ class LineProgress:
         self._report = True
 
     def close(self) -> None:
-        if self.n != self._printed:  # where it ended (a job shorter than `every` prints just this line)
+        if self._any and self.n != self._printed:  # a job shorter than `every` that never reports prints nothing
             self._line(time.monotonic())
 
     def __enter__(self) -> LineProgress:
@@ -69,7 +70,7 @@ class LineProgress:
                                  rate=rate, postfix=self.postfix or None,
                                  bar_format="{desc}: " + shape + ", {rate_fmt}{postfix}]")
         print(line, file=self.file, flush=True)
-        self._last, self._printed, self._report = now, self.n, False
+        self._last, self._printed, self._report, self._any = now, self.n, False, True
 
 
 ProgressBar = tqdm | LineProgress
