@@ -175,6 +175,26 @@ def test_prefill_fills_the_cache_and_gives_the_models_last_logits():
     assert core.cache.k[:, :, :, :6].abs().sum() > 0 and core.cache.k[:, :, :, 6:].abs().sum() == 0
 
 
+def test_a_bf16_model_decodes_with_a_float32_cache_on_a_cpu():
+    """On a CPU the cache holds float32 whatever the weights (one-query attention is faster and more exact
+    there); prefill attends in bf16 as scoring does, decode in float32, and each step's logits agree with the
+    uncached bf16 forward to bf16 rounding."""
+    model = model_for("gpt2_shape").to(torch.bfloat16)
+    core = DecodeCore(model, lanes=2)
+    assert core.cache.k.dtype == core.cache.v.dtype == torch.float32
+    prompt = prompts_for(model, [7])[0]
+    with torch.no_grad():
+        core.add([Request([prompt], 1, SamplingSettings(max_new_tokens=8, temperature=0))])
+        tokens = list(prompt)
+        for step in range(6):
+            full, _ = model(torch.tensor([tokens]))
+            torch.testing.assert_close(core.logits[0], full[0, -1].float(), atol=0.05, rtol=0.05)
+            (sampled,) = core.sample()
+            tokens.append(int(sampled.tokens[0]))
+            core.advance([sampled])
+    assert model.config.block_size > len(tokens)
+
+
 def test_the_core_keeps_its_records_and_checks_prompts_once():
     """A request is the caller's: the core reads it and keeps lanes, generator and scores in its own records
     (the same request can be added to two cores); bad prompts are one typed error, the same from the core and

@@ -1,7 +1,8 @@
 """The generation engine: one token-level decode core, and the text-level `Engine` the CLI, REPL and API use.
 
 Owns:
-- `KVCache`: keys and values of every layer for a fixed number of lanes, preallocated.
+- `KVCache`: keys and values of every layer for a fixed number of lanes, preallocated (float32 on a CPU
+  whatever the weights' dtype: see `cache_dtype`).
 - `DecodeCore`: the one decode loop. Rows of one or many requests generate together, one cache lane each.
   It owns the lanes (a request's rows take the first free ones; releasing a request moves the rows in the
   highest lanes into the holes, so the active lanes are always 0..A-1), each row's slot, prefill (prompts of
@@ -72,7 +73,7 @@ from .sampling import (
 )
 from .tokenizers import Tokenizer
 
-__all__ = ["DecodeCore", "Engine", "KVCache", "MAX_NEW_TOKENS_CAP", "PromptError", "PromptScores", "Request",
+__all__ = ["DecodeCore", "Engine", "KVCache", "cache_dtype", "MAX_NEW_TOKENS_CAP", "PromptError", "PromptScores", "Request",
            "Sampled", "SamplingSettings", "check_prompts", "encode_prompt", "generate", "keep_after_slide",
            "reference_steps", "stream"]
 
@@ -144,7 +145,19 @@ class KVCache:
     def for_model(cls, model: nn.Module, lanes: int) -> KVCache:
         n_layer, n_head, head_dim = model.cache_shape()
         p = next(model.parameters())
-        return cls(n_layer, lanes, n_head, model.block_size, head_dim, p.dtype, p.device)
+        return cls(n_layer, lanes, n_head, model.block_size, head_dim, cache_dtype(p.dtype, p.device), p.device)
+
+
+def cache_dtype(weights: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype a KV cache holds for a model whose weights are `weights` on `device`: the weights' own, except
+    on a CPU, where it is float32 and the decode step's single-query attention runs in float32 (the model
+    attends in its cache's dtype). Measured on a 2-core AVX-512 BF16 CPU (docs/benchmarks.md): PyTorch's bf16
+    attention kernel for one query packs every key at every call and took 142-798 us a layer at 130-1024 keys
+    (batch 1), against 38-149 us in float32; the lecture's written-out attention in bf16 was 119-217 us. It is
+    also the more accurate: scores and their softmax in float32. Prefill still attends in the activations'
+    dtype, as scoring the same text does. The price is memory: twice a bf16 cache (GPT-2 124M: 75 MB a lane at
+    1,024 positions)."""
+    return torch.float32 if device.type == "cpu" and weights.is_floating_point else weights
 
 
 class _PrefillView:
@@ -157,9 +170,9 @@ class _PrefillView:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = k.size(2)  # k, v (G, nh, T, hs)
-        self.cache.k[layer][self.lanes, :, :T] = k
-        self.cache.v[layer][self.lanes, :, :T] = v
-        return k, v  # the window starts here: nothing older to attend to
+        self.cache.k[layer][self.lanes, :, :T] = k.to(self.cache.k.dtype)
+        self.cache.v[layer][self.lanes, :, :T] = v.to(self.cache.v.dtype)
+        return k, v  # the window starts here: nothing older to attend to (in the activations' dtype, as scoring)
 
 
 class _DecodeView:
@@ -175,8 +188,8 @@ class _DecodeView:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.lanes.size(0)
         kl, vl = self.cache.k[layer], self.cache.v[layer]  # (lanes, nh, cap, hs)
-        kl[self.lanes, :, self.slots] = k[:, :, 0]  # k (b, nh, 1, hs): lane i's key to slot slots[i]
-        vl[self.lanes, :, self.slots] = v[:, :, 0]
+        kl[self.lanes, :, self.slots] = k[:, :, 0].to(kl.dtype)  # k (b, nh, 1, hs): lane i's key to slot slots[i]
+        vl[self.lanes, :, self.slots] = v[:, :, 0].to(vl.dtype)
         return kl[:b, :, : self.view_len], vl[:b, :, : self.view_len]  # (b, nh, S, hs); the mask hides the rest
 
 

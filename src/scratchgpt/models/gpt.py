@@ -185,8 +185,10 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        dtype = q.dtype
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs): the past and these T positions
+            q = q.to(k.dtype)  # a cache may hold keys wider than the activations (the engine's on a CPU does)
         S = k.size(2)
         if attn_mask is None and S != T:  # T new queries after S - T cached keys: query i sees keys <= S - T + i
             attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
@@ -205,7 +207,7 @@ class CausalSelfAttention(nn.Module):
             drop = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
                                                is_causal=attn_mask is None)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, C).to(dtype)  # re-assemble heads side by side: (B, T, C)
         if self.c_proj is not None:
             y = self.c_proj(y)  # (B, T, C)
         return self.resid_dropout(y)
