@@ -43,7 +43,8 @@ from scratchgpt.runtime import cpu_has_native_bf16, resolve_dtype
 from scratchgpt.tokenizers import CharTokenizer
 
 # one code point per id, from U+4E00 on, skipping the surrogates (JSON would pair them into other characters)
-ALPHABET = [chr(c) for c in range(0x4E00, 0x4E00 + 52000) if not 0xD800 <= c <= 0xDFFF][:50257]
+ALPHABET = [chr(c) for c in range(0x4E00, 0x4E00 + 56000) if not 0xD800 <= c <= 0xDFFF][:50257]
+assert len(ALPHABET) == 50257  # every id of the vocabulary is a character
 
 
 def make_models(root: Path, seed: int) -> tuple[object, Path]:

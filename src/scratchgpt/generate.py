@@ -142,10 +142,11 @@ class KVCache:
         self.lanes, self.capacity = lanes, capacity
 
     @classmethod
-    def for_model(cls, model: nn.Module, lanes: int) -> KVCache:
+    def for_model(cls, model: nn.Module, lanes: int, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache for `model`, in `dtype` (default: `cache_dtype` of its weights and device)."""
         n_layer, n_head, head_dim = model.cache_shape()
         p = next(model.parameters())
-        return cls(n_layer, lanes, n_head, model.block_size, head_dim, cache_dtype(p.dtype, p.device), p.device)
+        return cls(n_layer, lanes, n_head, model.block_size, head_dim, dtype or cache_dtype(p.dtype, p.device), p.device)
 
 
 def cache_dtype(weights: torch.dtype, device: torch.device) -> torch.dtype:
@@ -270,11 +271,12 @@ class DecodeCore:
     (`cpu_linear.py` chooses by the number of rows) round a little differently, about 1e-6 in float32 and the
     last bit in bf16 (docs/precision.md);
     `cuda_graphs` captures that step on CUDA (ignored elsewhere); `compile` runs it through `torch.compile`
-    (one compilation per bucket, on first use: the decode step fused into a few kernels).
+    (one compilation per bucket, on first use: the decode step fused into a few kernels). `cache_dtype`
+    overrides the KV cache's dtype (default: `cache_dtype()`, float32 on a CPU; benchmarks compare the two).
     """
 
     def __init__(self, model: nn.Module, lanes: int, *, vocab_limit: int | None = None, cuda_graphs: bool = True,
-                 fixed_shapes: bool | None = None, compile: bool = False):
+                 fixed_shapes: bool | None = None, compile: bool = False, cache_dtype: torch.dtype | None = None):
         if lanes < 1:
             raise ValueError(f"a decode core needs at least one lane, got {lanes}")
         self.model = model
@@ -282,7 +284,7 @@ class DecodeCore:
         self.block_size, self.vocab_size = model.block_size, model.vocab_size
         W, V, dev = self.block_size, self.vocab_size, self.device
         self.lanes = lanes
-        self.cache = KVCache.for_model(model, lanes)
+        self.cache = KVCache.for_model(model, lanes, cache_dtype)
         self.tokens = torch.zeros(lanes, 1, dtype=torch.long, device=dev)  # (L, 1) each lane's token to feed
         self.slot = torch.zeros(lanes, dtype=torch.long, device=dev)  # (L,) where that token goes
         self.history = torch.zeros(lanes, W, dtype=torch.long, device=dev)  # (L, W) each lane's window of tokens
