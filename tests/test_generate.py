@@ -186,7 +186,7 @@ def test_a_bf16_model_decodes_with_a_float32_cache_on_a_cpu():
     with torch.no_grad():
         core.add([Request([prompt], 1, SamplingSettings(max_new_tokens=8, temperature=0))])
         tokens = list(prompt)
-        for step in range(6):
+        for _ in range(6):
             full, _ = model(torch.tensor([tokens]))
             torch.testing.assert_close(core.logits[0], full[0, -1].float(), atol=0.05, rtol=0.05)
             (sampled,) = core.sample()

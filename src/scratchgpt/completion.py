@@ -95,10 +95,10 @@ class RowOutput:
     """One row: sampled tokens in, events out. Without a tokenizer it only counts tokens and watches stop ids."""
 
     def __init__(self, index: int, tokenizer: Tokenizer | None, settings: SamplingSettings, prompt: list[int],
-                 stop_ids: frozenset[int]):
+                 stop_ids: frozenset[int], hidden: frozenset[int]):
+        """`hidden`: the special ids the text leaves out (`Completion` works them out once for all rows)."""
         self.index, self.stop_ids = index, stop_ids
-        hidden = tokenizer.special_ids - stop_ids if tokenizer is not None and settings.skip_special_tokens else ()
-        self.stream = (TextStream(tokenizer, settings.stop, prompt, stop_ids, hidden=frozenset(hidden))
+        self.stream = (TextStream(tokenizer, settings.stop, prompt, stop_ids, hidden=hidden)
                        if tokenizer is not None else None)
         self.tokens = 0  # sampled until the row finished
         self.entries: list[TokenLogprob] = []  # log-probabilities not yet sent with a piece
@@ -145,7 +145,10 @@ class Completion:
         self.settings, self.steps = settings, 0
         stop = stop_token_ids(tokenizer, settings)
         writer = tokenizer if text else None  # text=False: token ids only (stop ids still end rows)
-        self.rows = [RowOutput(r, writer, settings, prompts[r // n], stop) for r in range(len(prompts) * n)]
+        hidden = (frozenset(writer.special_ids - stop) if writer is not None and settings.skip_special_tokens
+                  else frozenset())
+        self.rows = [RowOutput(r, writer, settings, prompts[r // n], stop, hidden)
+                     for r in range(len(prompts) * n)]
         self.prompt_tokens = sum(len(p) for p in prompts)
 
     @property

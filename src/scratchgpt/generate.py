@@ -295,8 +295,7 @@ class DecodeCore:
         self.vocab_limit = vocab_limit if vocab_limit is not None and 0 < vocab_limit < V else None
         if self.vocab_limit is not None:
             self._unusable = torch.arange(V, device=dev) >= vocab_limit  # (V,)
-        self.requests: list[Request] = []  # in the order they were added
-        self._admitted: dict[Request, _Admitted] = {}
+        self._admitted: dict[Request, _Admitted] = {}  # in the order they were added
         self._rows: list[_Lane] = []  # row i holds lane i: the active lanes are 0..A-1
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         graphs = cuda_graphs and dev.type == "cuda" and model.cache_shape()[0] > 0
@@ -312,6 +311,15 @@ class DecodeCore:
     def graphed(self) -> bool:
         """Whether decode steps replay captured CUDA graphs."""
         return bool(self._graphs)
+
+    @property
+    def requests(self) -> list[Request]:
+        """The requests holding lanes, in the order they were added."""
+        return list(self._admitted)
+
+    def holds(self, req: Request) -> bool:
+        """Whether `req` holds lanes (added and not yet released)."""
+        return req in self._admitted
 
     @property
     def active(self) -> int:
@@ -348,7 +356,6 @@ class DecodeCore:
             gen = req.generator or new_generator(req.settings.seed, self.device)
             self._admitted[req] = _Admitted(lanes, gen, self._lane_ids[:0], [None] * len(req.prompts))
             self._rows.extend(lanes)
-            self.requests.append(req)
             self._index(req)
         todo = [(req, p) for req in requests if req.needs_prefill for p in range(len(req.prompts))]
         for length in sorted({len(req.prompts[p]) for req, p in todo}):
@@ -381,7 +388,6 @@ class DecodeCore:
 
     def release(self, req: Request) -> None:
         """Free a request's lanes; rows in the highest lanes move into the holes (one lane copy each)."""
-        self.requests.remove(req)
         del self._admitted[req]
         keep = [r for r in self._rows if r.request is not req]
         moves = [(r.lane, new) for new, r in enumerate(keep) if r.lane != new]
@@ -417,7 +423,7 @@ class DecodeCore:
         """One token for every row of `requests` (default: all), each request drawing from its own generator
         with its own settings; log-probabilities where asked for. Nothing here waits for the device."""
         out = []
-        for req in self.requests if requests is None else requests:
+        for req in self._admitted if requests is None else requests:
             rec = self._admitted[req]
             logits = self._usable(self.logits[rec.lane_index])  # (rows, V)
             tokens = sample_next(logits, req.settings, rec.generator)  # (rows,)
@@ -657,7 +663,7 @@ class Engine:
                 if t < n - 1:
                     core.advance([sampled])
         finally:
-            if req in core.requests:  # add may have stopped before it took the lanes
+            if core.holds(req):  # add may have stopped before it took the lanes
                 core.release(req)
 
     def core(self, lanes: int) -> DecodeCore:
@@ -731,9 +737,15 @@ class Engine:
                          **kwargs) -> Iterator[tuple[int, str]]:
         """Yield (sample, text piece) of the assistant's reply as it comes."""
         s = settings_from(settings, **kwargs)
-        ids = self.fit_chat(messages, s).ids
-        s = s.replace(stop_token_ids=tuple(sorted(set(s.stop_token_ids) | chat.stop_ids(self.tokenizer))))
-        return self.stream_rows([ids], s, num_samples)
+        return self.stream_fitted(self.fit_chat(messages, s), s, num_samples)
+
+    def stream_fitted(self, fitted: chat.Fitted, settings: SamplingSettings,
+                      num_samples: int = 1) -> Iterator[tuple[int, str]]:
+        """Yield (sample, text piece) of the assistant's reply to a conversation already fitted (`fit_chat`
+        with these settings). Bad input raises here, before anything is yielded."""
+        stop = set(settings.stop_token_ids) | chat.stop_ids(self.tokenizer)
+        s = settings.replace(stop_token_ids=tuple(sorted(stop)))
+        return self.stream_rows([fitted.ids], s, num_samples)
 
     def stream(self, prompt: str = "", settings: SamplingSettings | None = None, **kwargs) -> Iterator[str]:
         """Yield the continuation of one prompt piece by piece (the prompt itself is not repeated)."""

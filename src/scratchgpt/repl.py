@@ -153,13 +153,14 @@ def run_chat(engine: Engine, settings: SamplingSettings, system: str | None = No
                 continue
             if not line.strip():
                 continue
+            # a bad message raises here, in fit_chat, before anything is printed
             fitted = engine.fit_chat(conversation() + [{"role": "user", "content": line}], s)
             if fitted.dropped:
                 err.write(f"note: the conversation is longer than the context of {engine.block_size} tokens with "
                           f"room for the reply; the model sees its newest {len(fitted.messages)} messages "
                           f"({fitted.dropped} older ones left out{', the system message kept' if system else ''})\n")
             reply = ""
-            for _, piece in engine.stream_chat_rows(fitted.messages, s):  # a bad message raises before anything
+            for _, piece in engine.stream_fitted(fitted, s):
                 out.write(piece)
                 out.flush()
                 reply += piece

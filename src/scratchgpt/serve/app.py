@@ -430,9 +430,6 @@ def validation_error_body(errors: list[dict]) -> dict:
     return error_body(f"'{param}' {msg[:1].lower() + msg[1:]}", param)
 
 
-# ---- a request, checked ---------------------------------------------------------------------------------------
-
-
 def loss_curve(run_dir: Path | None, max_points: int = 2000) -> dict:
     """The run's metrics.jsonl as arrays for the page: batch losses (thinned) and eval losses. Damaged lines
     are skipped: the curve is optional."""

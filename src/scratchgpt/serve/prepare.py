@@ -57,7 +57,7 @@ def prompt_refused(e: PromptError, param: str, hint: str) -> APIError:
 
 
 def sampling(body: _Sampling, limits: ServeLimits, max_tokens: int | None, rows_per_n: int,
-             stop_ids: tuple[int, ...] = (), max_tokens_name: str = "max_tokens") -> tuple[int, SamplingSettings]:
+             max_tokens_name: str = "max_tokens") -> tuple[int, SamplingSettings]:
     """The checks both endpoints share: the server's limits (n, max tokens, stop strings, the batch), then the
     sampling settings (their ranges are `SamplingSettings`'); -> n and the settings."""
     n = 1 if body.n is None else body.n
@@ -76,7 +76,7 @@ def sampling(body: _Sampling, limits: ServeLimits, max_tokens: int | None, rows_
         settings = SamplingSettings(
             max_new_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
             top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop or ()),
-            seed=body.seed, ignore_eos=body.ignore_eos, stop_token_ids=stop_ids,
+            seed=body.seed, ignore_eos=body.ignore_eos,
             skip_special_tokens=body.skip_special_tokens, **({"window": body.window} if body.window else {}))
     except SettingError as e:
         param = max_tokens_name if e.name == "max_new_tokens" else e.name
@@ -127,7 +127,7 @@ def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, core: Decode
     reply; a 400 only when the last user message alone does not fit. The reply ends at <|assistant_end|>."""
     name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     logprobs = body.top_logprobs_asked()
-    n, settings = sampling(body, limits, body.limit(), 1, (), name)
+    n, settings = sampling(body, limits, body.limit(), 1, max_tokens_name=name)
     try:
         tokenizer.require_chat_template()
         messages = parse_messages(body.messages, "'messages'")

@@ -173,7 +173,7 @@ class Scheduler:
         """End one job with a `Failed` event and free whatever it holds."""
         if job in self._active:
             self._active.remove(job)
-        if job.request is not None and job.request in self.core.requests:
+        if job.request is not None and self.core.holds(job.request):
             try:
                 self.core.release(job.request)
             except Exception:  # noqa: BLE001 - the core is in a state it cannot leave: rebuilt after this step
@@ -240,7 +240,7 @@ class Scheduler:
             started = jobs
         except Exception:  # noqa: BLE001 - find the job at fault: each alone
             for job in jobs:
-                if job.request in self.core.requests:
+                if self.core.holds(job.request):
                     self.core.release(job.request)
             started = []
             for job in jobs:
@@ -263,7 +263,7 @@ class Scheduler:
     def _leave(self, job: Job) -> None:
         """Drop a job: free its lanes and tell it it is over (the usage counts what the model saw)."""
         self._active.remove(job)
-        if job.request is not None and job.request in self.core.requests:
+        if job.request is not None and self.core.holds(job.request):
             self.core.release(job.request)
         self.jobs_done += 1
         if not job.cancelled:
