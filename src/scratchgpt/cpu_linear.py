@@ -1,8 +1,9 @@
 """How a Linear layer multiplies on a CPU at inference: the kernel that measured fastest for its dtype.
 
 Owns `CPULinear` and `use_cpu_kernels(model)` (swaps every `nn.Linear` of a model for one, in place; the
-`Runtime.prepare` of every inference command calls it on a CPU). Does not own the numbers a layer computes (the
-same y = x W^T + b as `nn.Linear`), int8 weights (`quantize.py`), or anything on a GPU.
+`Runtime.prepare` of every inference command calls it on a CPU) and `swap_linears` (the swap itself, which
+`quantize.py` shares). Does not own the numbers a layer computes (the same y = x W^T + b as `nn.Linear`), int8
+weights (`quantize.py`), or anything on a GPU.
 
 Why. Decoding one token at batch 1 is a matrix-vector product per layer, bound by how fast the weights stream
 from memory; `nn.Linear`'s default kernels reach about a third of this machine's bandwidth there (GPT-2 124M's
@@ -20,6 +21,7 @@ the default kernel. Results equal `nn.Linear`'s to float rounding: tests/test_cp
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -90,11 +92,17 @@ def use_cpu_kernels(model: nn.Module) -> nn.Module:
     its own copy; the embedding table stays for lookups). Models on other devices are returned as they are."""
     if next(model.parameters()).device.type != "cpu":
         return model
+    return swap_linears(model, CPULinear, exact=True)
+
+
+def swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module], exact: bool) -> nn.Module:
+    """Replace every nn.Linear child of every module of `model` with `make(child)`, in place. `exact`: only
+    modules whose type is nn.Linear itself (subclasses stay); else every instance of nn.Linear."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, CPULinear(child))
+            if (type(child) is nn.Linear) if exact else isinstance(child, nn.Linear):
+                setattr(parent, name, make(child))
     return model
 
 
-__all__ = ["CPULinear", "use_cpu_kernels"]
+__all__ = ["CPULinear", "swap_linears", "use_cpu_kernels"]

@@ -158,11 +158,6 @@ class TextScore:
         return self.nats / LN2 / self.scored_bytes
 
 
-def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
-    """The text's ids as plain text (special-token strings are not control tokens here)."""
-    return tokenizer.encode_array(text)
-
-
 def first_token_bytes(tokenizer: Tokenizer, ids: np.ndarray, text: str) -> int:
     """UTF-8 bytes of the text's first token, which no window predicts.
 
@@ -173,12 +168,9 @@ def first_token_bytes(tokenizer: Tokenizer, ids: np.ndarray, text: str) -> int:
     raw = tokenizer.decode_bytes(first)
     if raw and text.encode("utf-8", errors="surrogatepass").startswith(raw):
         return len(raw)
-    piece = tokenizer.decode(first)
-    if piece and text.startswith(piece) and list(encode(tokenizer, piece)) == first:
-        return len(piece.encode("utf-8"))
     longest = 0
     for k in range(1, len(text) + 1):
-        got = list(encode(tokenizer, text[:k]))
+        got = list(tokenizer.encode_array(text[:k]))
         if len(got) > 1:
             break
         if got == first:
@@ -188,7 +180,7 @@ def first_token_bytes(tokenizer: Tokenizer, ids: np.ndarray, text: str) -> int:
 
 def _encode_text(tokenizer: Tokenizer, text: str, name: str) -> np.ndarray:
     try:
-        ids = encode(tokenizer, text)
+        ids = tokenizer.encode_array(text)
     except UserError as e:
         raise DataError(f"{name} cannot be encoded: {e}") from None
     if len(ids) < 2:
@@ -247,7 +239,7 @@ def _choice_rows(tokenizer: Tokenizer, q: Question, block_size: int, path: str |
     """(token ids of context + choice, cut to block_size + 1 from the left; the choice's token count) per choice."""
     def enc(text: str) -> list[int]:
         try:
-            return encode(tokenizer, text).tolist()
+            return tokenizer.encode_array(text).tolist()
         except UserError as e:  # a character the tokenizer lacks
             raise _bad_line(path, q.line, str(e)) from None
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cpu_linear import CPULinear, swap_linears
+
 QUANTIZE = ("none", "int8")
 _KERNEL_WIDTH = 32  # the kernel's input width must be a multiple of this
 
@@ -49,7 +51,13 @@ class Int8Linear(nn.Module):
         dtype = linear.weight.dtype
         self.register_buffer("scale", scale.to(dtype))  # (out,)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        self.kernel = _has_kernel(w.device) and self.in_features % _KERNEL_WIDTH == 0
+        self._choose_kernel()
+
+    def _choose_kernel(self) -> None:
+        """Whether the kernel applies where the weights now are, and (then) the bf16 scales it reads, made once
+        here rather than at every call (a plain attribute, not state: remade from `scale` after every move)."""
+        self.kernel = _has_kernel(self.qweight.device) and self.in_features % _KERNEL_WIDTH == 0
+        self._kernel_scale = self.scale.to(torch.bfloat16) if self.kernel else None
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, (out, in), in the scale's dtype."""
@@ -58,7 +66,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel and x.device.type == "cpu":
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (N, in): the kernel's fast path
-            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale.to(torch.bfloat16))  # (N, out)
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self._kernel_scale)  # (N, out)
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
@@ -66,8 +74,12 @@ class Int8Linear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        self.kernel = _has_kernel(self.qweight.device) and self.in_features % _KERNEL_WIDTH == 0
+        self._choose_kernel()
         return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)  # copies into `scale` in place: remake its bf16 copy
+        self._choose_kernel()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8, kernel={self.kernel}"
@@ -80,18 +92,12 @@ def quantize(model: nn.Module, how: str = "int8") -> nn.Module:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {how!r}")
     if how == "none":
         return model
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Int8Linear(child).to(child.weight.device))
-    return model.eval()
+    return swap_linears(model, Int8Linear, exact=False).eval()
 
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the weights one decode step reads: every matrix multiplied (Linear or Int8Linear, with its
     scales and biases), norms and the position rows are small; the embedding table is only looked up."""
-    from .cpu_linear import CPULinear
-
     total = 0
     for m in model.modules():
         if isinstance(m, Int8Linear):
