@@ -27,6 +27,7 @@ from kill_util import FS_GATES, Zygote, snapshot
 from scratchgpt import outputs
 from scratchgpt.cli import main as cli_main
 from scratchgpt.data import load_meta
+from scratchgpt.errors import UserError
 from scratchgpt.lecture import BUDGETS, recipes_dir
 
 
@@ -341,3 +342,28 @@ def test_train_never_takes_a_directory_of_run_file_names_that_no_killed_run_left
     assert listing(target) == before
     (target / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 4.0}\n')  # now a killed run's
     assert cli_main(["train", str(res["recipe"]), "--out", str(target), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("body", ["{not json", "[" * 200_000 + "]" * 200_000], ids=["not-json", "nested-deeply"])
+def test_a_damaged_config_json_counts_as_a_run(body, tmp_path, capsys):
+    """A config.json that cannot be read (not JSON, or JSON nested too deeply for the parser: 400 KB of `[[[...]]]`)
+    marks a run, the cautious reading: described as one, refused without --force in one sentence, replaced with
+    it; never a traceback."""
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "config.json").write_text(body)
+    before = listing(d)
+    assert outputs.describe(d) == "a run (config.json)"
+    assert outputs.RUN.marker(d) and not outputs.EXPORT.marker(d)
+    with pytest.raises(UserError, match="already holds a run; pass --force"):
+        outputs.claim(d, outputs.RUN, "train")
+    assert outputs.claim(d, outputs.RUN, "train", force=True).replaces
+    with pytest.raises(UserError, match=re.escape(f"'{d}' holds a run (config.json)")):
+        outputs.claim(d, outputs.DATA, "prepare text")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'[data]\ndir = "{tmp_path / "data"}"\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\n'
+                      'block_size = 16\n[train]\nmax_iters = 2\ndevice = "cpu"\n')
+    capsys.readouterr()
+    assert cli_main(["train", str(recipe), "--out", str(d), "--quiet"]) == 2
+    assert f"'{d}' already holds a run" in one_error(capsys)
+    assert listing(d) == before

@@ -50,7 +50,6 @@ from .sampling import SamplingSettings
 from .train import train
 
 NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
-CONTEXT = 64  # configs/chat/demo_base.toml's block_size: a training conversation must fit it
 SEED = 1337
 BASE, SFT = "chat/demo_base", "chat/demo_sft"
 _TINY_TRAIN = ["--train.max_iters=2", "--train.eval_interval=2", "--train.eval_iters=1", "--train.batch_size=4",
@@ -68,9 +67,9 @@ def turn(q: str, a: str) -> list[dict]:
     return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
 
 
-def fits(messages: list[dict]) -> bool:
-    """Whether a conversation fits the demo's context: one token per character, two per message's marks."""
-    return sum(len(m["content"]) + 2 for m in messages) <= CONTEXT
+def fits(messages: list[dict], context: int) -> bool:
+    """Whether a conversation fits a context of `context` tokens: one per character, two per message's marks."""
+    return sum(len(m["content"]) + 2 for m in messages) <= context
 
 
 def _conversation(messages: list[dict]) -> str:
@@ -94,6 +93,7 @@ def make_data(corpus: Path, out: Path, train_size: int, heldout_words: int, seed
         raise DataError(f"'{corpus}' has {len(words)} distinct lower-case words of 3 to 8 letters; the demo needs more "
                         f"than {heldout_words} ({heldout_words} held out, the rest to fine-tune on): pass a larger text "
                         "with --corpus")
+    context = load_recipe(BASE).model.block_size  # the base run's context: a training conversation must fit it
     rng = random.Random(seed)
     rng.shuffle(words)
     held, train_words = words[:heldout_words], words[heldout_words:]
@@ -102,7 +102,7 @@ def make_data(corpus: Path, out: Path, train_size: int, heldout_words: int, seed
         messages = turn(*rng.choice(questions(rng.choice(train_words))))
         if i % 4 == 0:  # a second question after the first answer, when both fit the context
             second = messages + turn(*rng.choice(questions(rng.choice(train_words))))
-            messages = second if fits(second) else messages
+            messages = second if fits(second, context) else messages
         rows.append(_conversation(messages))
     with target.stage() as stage:
         (stage / "train.jsonl").write_text("".join(r + "\n" for r in rows), encoding="utf-8")

@@ -19,8 +19,10 @@ step with optimizer state of another.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,31 +69,34 @@ def _unique_state(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]
     return out
 
 
-def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file and its metadata, mapping every failure to one clear CheckpointError."""
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Around reading a safetensors file: a missing file, and every failure inside (safetensors', the system's),
+    is one clear CheckpointError naming it."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file '{path}' is missing")
     try:
+        yield
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"'{path}' is not a valid safetensors checkpoint (corrupt or truncated?): {e}") from None
+
+
+def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file and its metadata, mapping every failure to one clear CheckpointError."""
+    with _reading(path):
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"'{path}' is not a valid safetensors checkpoint (corrupt or truncated?): {e}") from None
 
 
 def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """Each tensor's shape and dtype in a safetensors file, from its header alone: no tensor is read."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file '{path}' is missing")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            out = {}
-            for name in f.keys():
-                piece = f.get_slice(name)
-                out[name] = (tuple(piece.get_shape()), piece.get_dtype())
-            return out
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"'{path}' is not a valid safetensors checkpoint (corrupt or truncated?): {e}") from None
+    with _reading(path), safe_open(str(path), framework="pt") as f:
+        out = {}
+        for name in f.keys():
+            piece = f.get_slice(name)
+            out[name] = (tuple(piece.get_shape()), piece.get_dtype())
+        return out
 
 
 _LAYER = re.compile(r"h\.(\d+)\.")

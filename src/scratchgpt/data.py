@@ -116,9 +116,14 @@ def shakespeare_source(input_path: str | Path | None = None, out_dir: str | Path
             how = "the input" if input_path else f"${SHAKESPEARE_ENV}"
             raise DataError(f"tiny Shakespeare not found at '{src}' ({how}); pass the path of its input.txt")
         return Path(src)
-    dest = Path(out_dir) / "input.txt"
+    return _downloaded(Path(out_dir))
+
+
+def _downloaded(out: Path, force: bool = False) -> Path:
+    """out/input.txt, downloaded there the first time, once out is known to be one prepare may write."""
+    dest = out / "input.txt"
     if not dest.is_file():
-        outputs.claim(Path(out_dir), outputs.DATA, "prepare shakespeare_char", variant="text", inputs=[dest])
+        outputs.claim(out, outputs.DATA, "prepare shakespeare_char", force=force, variant="text", inputs=[dest])
         fetch_shakespeare(dest)
     return dest
 
@@ -126,12 +131,12 @@ def shakespeare_source(input_path: str | Path | None = None, out_dir: str | Path
 def prepare_shakespeare_char(input_path: str | Path | None = None, out_dir: str | Path = "data/shakespeare_char",
                              force: bool = False) -> dict[str, Any]:
     """Prepare tiny Shakespeare at character level: from --input, else $SCRATCHGPT_TINYSHAKESPEARE, else the web
-    (downloaded into out_dir/input.txt, once out_dir is known to be one prepare may write)."""
+    (downloaded into out_dir/input.txt, once out_dir is known to be one prepare may write). `prepare_text`
+    claims out_dir before it reads anything."""
     out = Path(out_dir)
-    src = input_path or os.environ.get(SHAKESPEARE_ENV) or out / "input.txt"
-    outputs.claim(out, outputs.DATA, "prepare shakespeare_char", force=force, variant="text", inputs=[src])
-    if not Path(src).is_file() and Path(src) == out / "input.txt":
-        fetch_shakespeare(Path(src))
+    src = Path(input_path or os.environ.get(SHAKESPEARE_ENV) or out / "input.txt")
+    if src == out / "input.txt":
+        _downloaded(out, force)
     return prepare_text(src, out, tokenizer="char", force=force)
 
 

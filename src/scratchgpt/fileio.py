@@ -3,10 +3,11 @@
 Owns `atomic_write_bytes`, `atomic_write_text`, `atomic_path` (a context manager for writers that need a
 path, such as safetensors and matplotlib), `atomic_dir` (a whole directory, such as an export or a prepared
 data directory), `append_text` (a log line), `writing` (the one place a refused write becomes one sentence),
-`read_utf8` (a whole input file as text, or one clear `DataError`) and `sha256_file`. A crash mid-write
-leaves the old file as it was and at worst a stray `.<name>.<pid>.<random>.tmp` file, never a damaged target;
-`clean_stale(target)` removes such leftovers of dead processes (every `atomic_dir` call does it first; training
-does it for its run directory's files). Does not own what is written.
+`read_utf8` (a whole input file as text, or one clear `DataError`), `sha256_file` and `leftover_pattern` (the
+names of what a killed writer leaves). A crash mid-write leaves the old file as it was and at worst a
+stray `.<name>.<pid>.<random>.tmp` file, never a damaged target; `clean_stale(target)` removes such leftovers
+of dead processes (every `atomic_dir` call does it first; training does it for its run directory's files).
+Does not own what is written.
 
 Disks: every writer here runs inside `writing`, which turns an OSError (ENOSPC, EROFS, EACCES, a parent
 that cannot be created; also safetensors' own wrapping of one) into a `DiskError` naming the path, the
@@ -156,6 +157,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def leftover_pattern(name_regex: str) -> re.Pattern[str]:
+    """The names of what a killed writer of a target named by name_regex leaves beside it (for `fullmatch`):
+    `.<name>.<pid>.<random>[.ext].tmp` or `.<name>.<pid>.<random>.old`; groups: the pid, the `.ext`, tmp/old."""
+    return re.compile(rf"\.{name_regex}\.(\d+)\.[^.]+(\.[^.]+)?\.(tmp|old)")
+
+
 def clean_stale(target: str | Path) -> None:
     """Remove what a killed writer of target left beside it: an `atomic_dir` staging or set-aside directory
     (`.<name>.<pid>.<random>.tmp` / `.old`) or an `atomic_path` temp file (`.<name>.<pid>.<random>[.ext].tmp`),
@@ -163,7 +170,7 @@ def clean_stale(target: str | Path) -> None:
     aside (only where the rename could not be one atomic exchange). Nothing else is touched: not a live
     process's files, not a name that does not follow this pattern."""
     target = Path(target)
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+(\.[^.]+)?\.(tmp|old)")
+    pattern = leftover_pattern(re.escape(target.name))
     with contextlib.suppress(OSError):
         for p in sorted(target.parent.iterdir(), key=lambda p: p.name.endswith(".tmp")):  # .old first
             m = pattern.fullmatch(p.name)

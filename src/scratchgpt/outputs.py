@@ -37,7 +37,6 @@ tokenizer, directories of directories for the lecture's runs (`<budget>/<step>/`
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,9 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .fileio import atomic_dir
+from .fileio import atomic_dir, leftover_pattern
+from .schema import read_json
 
-_LEFTOVER = re.compile(r"\..+\.\d+\.[^.]+(\.[^.]+)?\.(tmp|old)")  # fileio's temp files and staging directories
+_LEFTOVER = leftover_pattern(".+")  # fileio's temp files and staging directories, of any target
 _SMALL_JSON = 1 << 20  # a marker file larger than this is not read to tell kinds apart
 
 
@@ -70,12 +70,11 @@ class Kind:
 
 
 def _json(path: Path) -> Any:
-    """A small JSON file's contents; None when it is missing, too large or not JSON (the caller decides)."""
+    """A small JSON file's contents; None when it is missing, too large, not JSON or nested too deeply to be
+    read (the caller decides)."""
     try:
-        if path.stat().st_size > _SMALL_JSON:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path, f"'{path}'", UserError, most_bytes=_SMALL_JSON)
+    except UserError:
         return None
 
 
@@ -127,7 +126,6 @@ DATA = Kind("prepared data", lambda d: (d / "meta.json").is_file(),
 TOKENIZER = Kind("a tokenizer", lambda d: (d / "tokenizer.json").is_file() and not (d / "config.json").exists()
                  and not (d / "meta.json").exists(), lambda name: name == "tokenizer.json")
 LECTURE = Kind("the lecture's runs (<budget>/<step>/)", _lecture_runs, lambda name: False)
-KINDS = (RUN, EXPORT, DATA, TOKENIZER, LECTURE)  # in the order a refusal names what a directory holds
 
 
 def describe(d: Path, found: list[Path] | None = None) -> str:
@@ -200,5 +198,5 @@ def _inside(p: Path, dirs: list[Path]) -> bool:
     return any(p == d or d in p.parents for d in dirs)
 
 
-__all__ = ["Claim", "DATA", "EXPORT", "EXPORT_FILES", "KINDS", "Kind", "LECTURE", "RUN", "RUN_FILES", "TOKENIZER",
+__all__ = ["Claim", "DATA", "EXPORT", "EXPORT_FILES", "Kind", "LECTURE", "RUN", "RUN_FILES", "TOKENIZER",
            "claim", "describe", "entries"]
