@@ -144,9 +144,8 @@ def main() -> None:
           f"{bw / 1e9:.1f} GB/s")
     head = ("engine", "dtype", "compile", "quantize", "batch", "tokens/s", "vs transformers", "of roofline",
             "same tokens as transformers")
-    table = [head] + [(r[0], r[1], r[2], r[3], str(r[4]), f"{r[5]:,.1f}", f"{r[6]:.2f}x", f"{r[7]:.0%}", r[8])
-                      for r in rows]
-    print_table(table[0], table[1:])
+    print_table(head, [(r[0], r[1], r[2], r[3], str(r[4]), f"{r[5]:,.1f}", f"{r[6]:.2f}x", f"{r[7]:.0%}", r[8])
+                       for r in rows])
 
 
 if __name__ == "__main__":

@@ -18,25 +18,14 @@ against float32's over 20,000 val characters). Quiet machine only. Prints a tabl
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import as_cpu_class, print_table
+from common import as_cpu_class, best_of, corpus_path, print_table
 
 DTYPES = (torch.float32, torch.bfloat16)
-
-
-def best_of(fn, reps: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def shapes():
@@ -63,7 +52,7 @@ def train_speed(cfg, batch: int, block: int, dtype: torch.dtype, reps: int) -> f
     opt = configure_optimizer(model, t, torch.device("cpu"))
     rt = Runtime(torch.device("cpu"), dtype, use="train")
     batches = Batches(RandomTokens(cfg.vocab_size, batch, block, rt.device, 0))
-    return batch * block / best_of(lambda: train_step(model, model, opt, batches, t, rt), reps)
+    return batch * block / best_of(lambda: train_step(model, model, opt, batches, t, rt), reps, warmup=True)[0]
 
 
 def infer_model(cfg, dtype: torch.dtype):
@@ -91,7 +80,7 @@ def score(model, block: int, reps: int) -> tuple[float, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(model.vocab_size, (64 * block + 1,), generator=g).numpy()
     lp = score_tokens(model, ids, block, block, batch_size=16)
-    secs = best_of(lambda: score_tokens(model, ids, block, block, batch_size=16), reps)
+    secs = best_of(lambda: score_tokens(model, ids, block, block, batch_size=16), reps, warmup=True)[0]
     return (len(ids) - 1) / secs, torch.from_numpy(lp)
 
 
@@ -126,7 +115,7 @@ def main() -> None:
     if args.run:
         import scratchgpt
 
-        text = Path(args.text or os.environ["SCRATCHGPT_TINYSHAKESPEARE"]).read_text(encoding="utf-8")[-20_000:]
+        text = corpus_path(args.text, "--text").read_text(encoding="utf-8")[-20_000:]
         losses = {d: scratchgpt.load(args.run, dtype=str(d).removeprefix("torch.")).score(text).loss for d in DTYPES}
         rows.append((Path(args.run).name, "score (trained)", "20,000 val chars", float("nan"), float("nan"),
                      f"loss fp32 {losses[DTYPES[0]]:.5f}, bf16 {losses[DTYPES[1]]:.5f} "
@@ -137,9 +126,8 @@ def main() -> None:
           f"bf16: {cpu_has_native_bf16()}), {torch.get_num_threads()} threads, torch {torch.__version__}; tokens/s, "
           "best of the repeats")
     head = ("model", "use", "work", "fp32 tok/s", "bf16 tok/s", "bf16 / fp32", "accuracy")
-    table = [head] + [(r[0], r[1], r[2], f"{r[3]:,.0f}", f"{r[4]:,.0f}", f"{r[4] / r[3]:.2f}x" if r[3] == r[3] else "-",
-                       r[5]) for r in rows]
-    print_table(table[0], table[1:])
+    print_table(head, [(r[0], r[1], r[2], f"{r[3]:,.0f}", f"{r[4]:,.0f}", f"{r[4] / r[3]:.2f}x" if r[3] == r[3] else "-",
+                        r[5]) for r in rows])
 
 
 if __name__ == "__main__":

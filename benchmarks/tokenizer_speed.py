@@ -15,35 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from common import best_of, corpus_path
 
 from scratchgpt.errors import UserError
 from scratchgpt.tokenizers import CharTokenizer, WordTokenizer
 from scratchgpt.tokenizers.bpe_train import train_bpe
 from scratchgpt.tokenizers.gpt2 import load_gpt2
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def corpus_path(arg: str | None) -> Path:
-    path = Path(arg or os.environ.get("SCRATCHGPT_TINYSHAKESPEARE") or REPO.parent / "shared/data/tinyshakespeare/input.txt")
-    if not path.is_file():
-        raise UserError(f"corpus '{path}' not found; pass --input or set SCRATCHGPT_TINYSHAKESPEARE")
-    return path
-
-
-def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    """(best wall seconds, best CPU seconds, last result) over repeats calls."""
-    walls, cpus, out = [], [], None
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        out = fn()
-        cpus.append(time.process_time() - c)
-        walls.append(time.perf_counter() - w)
-    return min(walls), min(cpus), out
 
 
 def main(argv: list[str] | None = None) -> int:

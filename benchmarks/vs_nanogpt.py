@@ -31,27 +31,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_class_env, print_table
+from common import REPO, corpus_path, cpu_class_env, print_table
 
-REPO = Path(__file__).resolve().parents[1]
+from scratchgpt.errors import UserError
+
 NANOGPT_CPU = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
                "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
 
 
-def corpus() -> Path:
-    path = os.environ.get("SCRATCHGPT_TINYSHAKESPEARE") or str(REPO.parent / "shared/data/tinyshakespeare/input.txt")
-    if not Path(path).is_file():
-        sys.exit("tiny Shakespeare not found: set SCRATCHGPT_TINYSHAKESPEARE to its input.txt")
-    return Path(path)
-
-
-def run_nanogpt(checkout: Path, work: Path, env: dict, extra: list[str]) -> tuple[float, Path]:
+def run_nanogpt(checkout: Path, work: Path, env: dict, corpus: Path, extra: list[str]) -> tuple[float, Path]:
     """nanoGPT's CPU recipe in a copy of the checkout; (wall seconds, its ckpt.pt)."""
     copy = work / "nanogpt"
     shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(".git", "out*", "*.bin", "*.pkl"))
     data = copy / "data" / "shakespeare_char"
-    shutil.copy(corpus(), data / "input.txt")
+    shutil.copy(corpus, data / "input.txt")
     subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, env=env, capture_output=True)
     start = time.time()
     proc = subprocess.run([sys.executable, "train.py", *NANOGPT_CPU, *extra], cwd=copy, env=env, capture_output=True,
@@ -120,21 +114,24 @@ def main() -> None:
     checkout = Path(args.nanogpt).expanduser()
     if not (checkout / "train.py").is_file() or not (checkout / "config/train_shakespeare_char.py").is_file():
         sys.exit(f"'{checkout}' is not a nanoGPT checkout (no train.py / config/train_shakespeare_char.py)")
+    try:
+        corpus = corpus_path(None, flag=None)
+    except UserError as e:
+        sys.exit(str(e))
     env = cpu_class_env(args.cpu_class)
     from scratchgpt.checkpoint import load_model
-    from scratchgpt.models import ModelConfig, build_model  # noqa: F401 - fail early without the package
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data_dir = work / "data"
-        subprocess.run([sys.executable, "-m", "scratchgpt.cli", "prepare", "shakespeare_char", "--input", str(corpus()),
+        subprocess.run([sys.executable, "-m", "scratchgpt.cli", "prepare", "shakespeare_char", "--input", str(corpus),
                         "--out", str(data_dir)], check=True, env=env, capture_output=True)
         ids = val_ids(data_dir)
         for i in range(args.runs):
             pair = work / f"pair{i}"
             pair.mkdir()
-            t_nano, ck = run_nanogpt(checkout, pair, env, args.nanogpt_args)
+            t_nano, ck = run_nanogpt(checkout, pair, env, corpus, args.nanogpt_args)
             model, block, at = nanogpt_model(ck)
             loss_nano = full_val_loss(model, ids, block)
             deadline = t_nano * args.fraction
@@ -149,9 +146,8 @@ def main() -> None:
           f"torch {torch.__version__}, {os.cpu_count()} cores; full-val loss by the same scorer, float32")
     head = ("pair", "nanoGPT wall s", "its best ckpt at iter", "nanoGPT full val", "our deadline s", "our wall s",
             "our full val", "ours - nanoGPT")
-    table = [head] + [(str(r[0]), f"{r[1]:.1f}", str(r[2]), f"{r[3]:.4f}", f"{r[4]:.1f}", f"{r[5]:.1f}", f"{r[6]:.4f}",
-                       f"{r[6] - r[3]:+.4f}") for r in rows]
-    print_table(table[0], table[1:])
+    print_table(head, [(str(r[0]), f"{r[1]:.1f}", str(r[2]), f"{r[3]:.4f}", f"{r[4]:.1f}", f"{r[5]:.1f}", f"{r[6]:.4f}",
+                        f"{r[6] - r[3]:+.4f}") for r in rows])
 
 
 if __name__ == "__main__":
